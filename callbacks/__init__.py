@@ -1,0 +1,6 @@
+"""Callbacks: the cross-cutting experiments and checks, one file each."""
+
+from callbacks.finite_loss import FiniteLossCheck, NonFiniteLossError
+from callbacks.rng_state import RestoreRNGState
+
+__all__ = ["FiniteLossCheck", "NonFiniteLossError", "RestoreRNGState"]

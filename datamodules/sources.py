@@ -1,0 +1,68 @@
+"""Where data comes from: the root folder, the one-line data errors, and the embedded fallback."""
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_warn
+from torchvision.transforms.v2 import functional as TF
+
+ENV_ROOT = "LIGHTNING_ZOO_DATA"
+
+
+class DataError(ValueError):
+    """Bad or missing data. The message is one line that names the problem and the fix."""
+
+
+def resolve_root(root: str | os.PathLike | None) -> Path:
+    """`--data.root`, else $LIGHTNING_ZOO_DATA, else ./data (DESIGN.md, Data)."""
+    if root is not None:
+        return Path(root).expanduser()
+    return Path(os.environ.get(ENV_ROOT) or "data").expanduser()
+
+
+def quiet_download(download) -> bool:
+    """Run a torchvision download; True on success. Its chatter (one line per failed mirror) is hidden,
+    because an offline failure is reported once, by the caller, as the fallback warning."""
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            download()
+    except Exception:  # noqa: BLE001 - any failure (network, disk, checksum) means "not available"
+        return False
+    return True
+
+
+def warn_fallback(dataset: str, folder: Path, expected: str) -> None:
+    """The one loud line of DESIGN.md: a run that silently trained on other data would mislead."""
+    rank_zero_warn(
+        f"FALLBACK: {dataset} not found in {folder} ({expected}) and it could not be downloaded; "
+        "training on the embedded scikit-learn digits instead. "
+        "Set --data.root or LIGHTNING_ZOO_DATA, or pass --data.fallback false to make this an error.",
+    )
+
+
+def load_digits_uint8() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1,797 UCI 8x8 handwritten digits that ship inside scikit-learn, as uint8 (N, 1, 8, 8)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Pixel values are counts 0..16 of a 4x4 block; scale to the 0..255 range of the real image sets.
+    images = torch.from_numpy(digits.images).float().mul_(255.0 / 16.0).round_().to(torch.uint8)
+    return images.unsqueeze(1), torch.from_numpy(digits.target).long()
+
+
+def fit_shape(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
+    """Resize uint8 (N, C, H, W) images to (N, channels, size, size), repeating or averaging channels."""
+    if images.shape[-2:] != (size, size):
+        images = TF.resize(images, [size, size], antialias=True)
+    if images.shape[1] == channels:
+        return images.contiguous()
+    if images.shape[1] == 1:
+        return images.expand(-1, channels, -1, -1).contiguous()
+    if channels == 1:
+        # ITU-R 601 luma, the usual grey conversion.
+        return TF.rgb_to_grayscale(images).contiguous()
+    raise DataError(f"cannot turn {images.shape[1]}-channel images into {channels} channels; use channels=1 or 3")

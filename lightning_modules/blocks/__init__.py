@@ -1,0 +1,1 @@
+"""Reusable nn.Modules with no training logic, shared by more than one model."""

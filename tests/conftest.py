@@ -1,0 +1,126 @@
+"""Fixtures: tiny datasets written in the real on-disk formats, and a runner for scripts/fit.py."""
+
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+# Sizes of the tiny sets; tests compare split sizes against these.
+N_TRAIN, N_TEST = 120, 40
+CELEBA_SPLITS = {0: 12, 2: 4}  # partition id -> images (0 train, 2 test)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """The idx format of the MNIST files: magic (0, 0, dtype code 0x08 = ubyte, ndim), big-endian dims, data."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist(root: Path, folder: str = "MNIST", seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", N_TRAIN), ("t10k", N_TEST)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    return raw
+
+
+def write_cifar10(root: Path, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    per_batch = N_TRAIN // 5
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = N_TEST if name == "test_batch" else per_batch
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, n).tolist()}
+        with open(folder / name, "wb") as file:
+            pickle.dump(batch, file)
+    labels = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    with open(folder / "batches.meta", "wb") as file:
+        pickle.dump({"label_names": labels, "num_cases_per_batch": per_batch}, file)
+    return folder
+
+
+def write_celeba(root: Path, seed: int = 0) -> Path:
+    """img_align_celeba/*.jpg (178x218 like the real ones, smaller here) and the five list files."""
+    rng = np.random.default_rng(seed)
+    folder = root / "celeba"
+    (folder / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+    names = [f"{i:06d}.jpg" for i in range(1, sum(CELEBA_SPLITS.values()) + 1)]
+    partition = [p for p, n in CELEBA_SPLITS.items() for _ in range(n)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (27, 22, 3), dtype=np.uint8)).save(folder / "img_align_celeba" / name)
+    attributes = [f"Attr_{i}" for i in range(40)]
+    rows = lambda values: "\n".join(f"{n} {' '.join(map(str, v))}" for n, v in zip(names, values, strict=True)) + "\n"  # noqa: E731
+    (folder / "list_eval_partition.txt").write_text(rows([[p] for p in partition]))
+    (folder / "identity_CelebA.txt").write_text(rows([[i % 3 + 1] for i in range(len(names))]))
+    (folder / "list_attr_celeba.txt").write_text(
+        f"{len(names)}\n{' '.join(attributes)}\n" + rows(rng.choice([-1, 1], (len(names), 40)).tolist())
+    )
+    (folder / "list_bbox_celeba.txt").write_text(
+        f"{len(names)}\nimage_id x_1 y_1 width height\n" + rows([[1, 2, 10, 12]] * len(names))
+    )
+    landmarks = (
+        "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y"
+    )
+    (folder / "list_landmarks_align_celeba.txt").write_text(
+        f"{len(names)}\n{landmarks}\n" + rows([[5] * 10] * len(names))
+    )
+    return folder
+
+
+SAMPLE_TEXT = (
+    "It was a bright cold day in April, and the clocks were striking thirteen. Winston Smith, his chin "
+    "nuzzled into his breast in an effort to escape the vile wind, slipped quickly through the glass doors "
+    "of Victory Mansions, though not quickly enough to prevent a swirl of gritty dust from entering along "
+    "with him.\n"
+) * 8
+
+
+def write_text(root: Path) -> Path:
+    path = root / "text" / "1984.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(SAMPLE_TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """A data root holding every dataset in its real format."""
+    root = tmp_path / "data"
+    write_mnist(root, "MNIST", seed=0)
+    write_mnist(root, "FashionMNIST", seed=1)
+    write_cifar10(root)
+    write_celeba(root)
+    write_text(root)
+    return root
+
+
+@pytest.fixture
+def empty_root(tmp_path: Path) -> Path:
+    root = tmp_path / "nothing_here"
+    root.mkdir()
+    return root
+
+
+def run_fit(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the real scripts/fit.py in a subprocess, as a user would."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTNING_ZOO_")}
+    full_env = {**inherited, **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "fit.py"), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
