@@ -117,8 +117,9 @@ def _data_fact(name: str):
 
 
 class ZooCLI(LightningCLI):
-    def __init__(self, model_name: str | None, args: list[str]) -> None:
+    def __init__(self, model_name: str | None, args: list[str], extra_callbacks: list[L.Callback] = ()) -> None:
         self.model_name = model_name or "model"
+        self.extra_callbacks = list(extra_callbacks)
         super().__init__(
             L.LightningModule,
             L.LightningDataModule,
@@ -153,7 +154,7 @@ class ZooCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         trainer = self.config.trainer
-        callbacks = [FiniteLossCheck(), RestoreRNGState()]
+        callbacks = [FiniteLossCheck(), RestoreRNGState(), *self.extra_callbacks]
         # Lightning saves last.ckpt at train end even under fast_dev_run; a smoke test should leave no files.
         if trainer.enable_checkpointing is not False and not trainer.fast_dev_run:
             callbacks.append(ModelCheckpoint(save_last=True))

@@ -4,8 +4,8 @@ import warnings
 
 import pytest
 import torch
-from conftest import CELEBA_SPLITS, N_TEST, N_TRAIN, write_idx
 
+from conftest import CELEBA_SPLITS, N_TEST, N_TRAIN, write_idx
 from datamodules import (
     DATAMODULES,
     CelebADataModule,

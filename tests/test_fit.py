@@ -1,6 +1,7 @@
 """scripts/fit.py as a user runs it: the main job, the bad inputs, DDP and resume."""
 
 import torch
+
 from conftest import N_TRAIN, run_fit
 
 FAST = ("--trainer.fast_dev_run", "true")

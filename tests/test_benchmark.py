@@ -1,0 +1,25 @@
+"""scripts/benchmark.py runs the configured model and writes the documented JSON row (no timing asserted)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_benchmark_writes_one_row(data_root, tmp_path):
+    out = tmp_path / "row.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "vae", "--steps", "3", "--data.root", str(data_root),
+         "--data.batch_size", "16", "--json", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads(out.read_text())
+    assert {"model", "dataset", "params", "epochs", "seconds", "samples_per_s", "metric", "value"} <= row.keys()
+    assert row["model"] == "vae" and row["dataset"] == "MNIST" and row["steps"] == 3
+    assert row["metric"] == "test_neg_elbo_nats" and row["value"] > 0 and row["samples_per_s"] > 0
+    encoder, heads, decoder = 784 * 400 + 400, 2 * (400 * 20 + 20), (20 * 400 + 400) + (400 * 784 + 784)
+    assert row["params"] == encoder + heads + decoder
+    assert "| vae | MNIST |" in result.stdout
+    assert not list(tmp_path.glob("**/*.ckpt"))
