@@ -126,7 +126,11 @@ class ZooCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             parser_class=OneLineErrorParser,
-            parser_kwargs={"description": f"Train a model of the zoo, then test it. {catalogue()}."},
+            parser_kwargs={
+                "description": "Train a model of the zoo, then test it: --model NAME loads configs/NAME.yaml, "
+                f"--data NAME swaps the DataModule, --seed N seeds everything; {catalogue()}. "
+                "Every other flag below is LightningCLI's own."
+            },
             seed_everything_default=DEFAULT_SEED,
             trainer_defaults={
                 "logger": {
