@@ -165,6 +165,9 @@ class ZooCLI(LightningCLI):
         if trainer.enable_progress_bar is not False:
             callbacks.append(RichProgressBar())
         self.trainer_defaults["callbacks"] = callbacks
+        if trainer.logger is False:
+            # Without a logger the config would be written to the working directory; keep it clean.
+            self.save_config_callback = None
 
 
 def resolve_ckpt_path(path: str | None, trainer: L.Trainer) -> str | None:
