@@ -1,5 +1,6 @@
 """DataModules by short name: the registry that scripts/fit.py reads for `--data NAME`."""
 
+from datamodules.environments import GymDataModule
 from datamodules.images import (
     CelebADataModule,
     CIFAR10DataModule,
@@ -20,6 +21,7 @@ DATAMODULES = {
     "digits": DigitsDataModule,
     "toy2d": Toy2DDataModule,
     "text": TextDataModule,
+    "gym": GymDataModule,
 }
 
 __all__ = ["DATAMODULES", "DataError", "ImageDataModule", *(c.__name__ for c in DATAMODULES.values())]

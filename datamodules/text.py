@@ -67,7 +67,8 @@ class TextDataModule(L.LightningDataModule):
     ) -> None:
         """
         Args:
-            path: a UTF-8 text file; default `<root>/text/1984.txt`.
+            path: a UTF-8 text file, absolute or relative to the working directory or to `root`;
+                default `<root>/text/1984.txt`.
             root: data folder; default $LIGHTNING_ZOO_DATA, else ./data.
             block_size: characters of context per training sample.
             batch_size: windows per batch (per device).
@@ -97,7 +98,10 @@ class TextDataModule(L.LightningDataModule):
 
     def _read(self) -> tuple[str, str]:
         explicit = self.hparams.path is not None
-        path = Path(self.hparams.path) if explicit else resolve_root(self.hparams.root) / DEFAULT_FILE
+        root = resolve_root(self.hparams.root)
+        path = Path(self.hparams.path) if explicit else root / DEFAULT_FILE
+        if explicit and not path.is_absolute() and not path.exists() and (root / path).exists():
+            path = root / path  # a relative path is looked up in the data root too, so configs can name a file
         if not path.is_file():
             if explicit or not self.hparams.fallback:
                 raise DataError(f"text file {path} not found; pass --data.path FILE with a UTF-8 text file")

@@ -1,12 +1,20 @@
-"""Variational autoencoder (Kingma & Welling 2014): Gaussian q(z|x), Bernoulli p(x|z), trained on the
-negative evidence lower bound, reported per image in nats."""
+"""Variational autoencoder (Kingma & Welling 2014): a Gaussian encoder q(z|x) with the reparameterisation
+trick, a Bernoulli or Gaussian decoder p(x|z), trained on the negative evidence lower bound (eq. 10) and
+reported per image in nats; tested also with the importance-weighted bound of Burda et al. (2015)."""
 
 import math
+from collections.abc import Sequence
+from typing import Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
+
+from lightning_modules.blocks.autoencoder_nets import make_decoder, make_encoder
+
+LOG_2PI = math.log(2 * math.pi)
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -15,69 +23,185 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
 
 
+def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """z = mu + sigma * eps with eps ~ N(0, I) (Kingma & Welling 2014, sec. 2.4): a sample of q(z|x) that
+    gradients flow through to mu and logvar."""
+    return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+
+
 def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """-log p(x|z) per sample for a Bernoulli decoder; x in [0, 1] (grey levels act as soft targets)."""
-    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(dim=1)
+    """-log p(x|z) per image (summed over the last three dims, C, H, W) for a Bernoulli decoder; x in [0, 1]
+    (grey levels act as soft targets). softplus(l) - x l is the binary cross-entropy with logits l, written so
+    that x broadcasts over leading sample dimensions without a copy."""
+    return (F.softplus(logits) - logits * x).sum(dim=(-3, -2, -1))
+
+
+def gaussian_nll(mean: torch.Tensor, log_sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """-log N(x; mean, sigma^2 I) per image (summed over C, H, W): a density over pixel values, so not comparable with the
+    Bernoulli decoder's nats."""
+    per_pixel = 0.5 * ((x - mean) * torch.exp(-log_sigma)).pow(2) + log_sigma + 0.5 * LOG_2PI
+    return per_pixel.sum(dim=(-3, -2, -1))
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) summed over the last dimension."""
+    return -0.5 * (z.pow(2) + LOG_2PI).sum(dim=-1)
+
+
+def diagonal_normal_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, diag(exp(logvar))) summed over the last dimension."""
+    return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(dim=-1)
 
 
 class VAE(L.LightningModule):
-    """MLP VAE: pixels -> hidden -> (mu, log sigma^2) of a `latent_dim` Gaussian -> hidden -> pixel logits."""
+    """VAE with an MLP (784-400-20, the paper's and pytorch/examples') or a convolutional encoder/decoder.
+
+    Conventions shared by the models with `encode`/`decode` (see callbacks/latent_walk.py): `encode(x)` returns
+    the latent code used for walks and plots, here the posterior mean; `decode(z)` returns images in [0, 1].
+    """
+
+    benchmark_metric = "test/neg_elbo_nats"
 
     def __init__(
         self,
         image_shape: tuple[int, int, int] | None = (1, 28, 28),
+        network: Literal["mlp", "conv"] = "mlp",
         hidden_dim: int = 400,
         latent_dim: int = 20,
+        conv_channels: Sequence[int] = (32, 64),
+        decoder: Literal["bernoulli", "gaussian"] = "bernoulli",
+        beta: float = 1.0,
+        kl_warmup_steps: int = 0,
+        iwae_samples: int = 1000,
+        iwae_test_images: int | None = None,
         lr: float = 1e-3,
     ) -> None:
         """
         Args:
             image_shape: (C, H, W) of the data; set from the DataModule by scripts/fit.py.
-            hidden_dim: width of the encoder's and the decoder's hidden layer.
+            network: "mlp" (one hidden layer of `hidden_dim` each side) or "conv" (stride-2 convolutions
+                of `conv_channels`, transposed convolutions back).
+            hidden_dim: width of the MLP encoder's and decoder's hidden layer.
             latent_dim: dimension of z.
+            conv_channels: channels of the conv encoder's stride-2 layers (the decoder mirrors them).
+            decoder: "bernoulli" (pixel logits, binary cross-entropy) or "gaussian" (pixel means and one
+                learned noise scale sigma, as in sigma-VAE, Rybkin et al. 2021).
+            beta: weight of the KL term in the training loss (beta-VAE, Higgins et al. 2017); the logged
+                -ELBO always uses 1.
+            kl_warmup_steps: the KL weight rises linearly from 0 to `beta` over this many optimiser steps
+                (Sonderby et al. 2016); 0 for none.
+            iwae_samples: k, the importance samples of the test estimate of -log p(x); 0 to skip it.
+            iwae_test_images: estimate it on the first this many test images only (it costs k decoder passes
+                per image); None for the whole test set.
             lr: Adam learning rate.
         """
         super().__init__()
         if image_shape is None:
             raise ValueError("vae needs image data: pick an image DataModule, e.g. --data mnist")
+        if decoder not in ("bernoulli", "gaussian"):
+            raise ValueError(f"--model.decoder must be 'bernoulli' or 'gaussian', got {decoder!r}")
+        if beta < 0 or kl_warmup_steps < 0 or iwae_samples < 0:
+            raise ValueError("--model.beta, --model.kl_warmup_steps and --model.iwae_samples must be >= 0")
+        if iwae_test_images is not None and iwae_test_images < 1:
+            raise ValueError(f"--model.iwae_test_images must be >= 1 or null (all), got {iwae_test_images}")
         self.save_hyperparameters()
-        pixels = math.prod(image_shape)
-        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(pixels, hidden_dim), nn.ReLU())
-        self.to_mu = nn.Linear(hidden_dim, latent_dim)
-        self.to_logvar = nn.Linear(hidden_dim, latent_dim)
-        self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, pixels), nn.Unflatten(1, image_shape)
-        )
+        hidden = [hidden_dim]
+        # One linear layer gives both (mu, logvar) of q(z|x): the same parameters as two heads.
+        self.encoder = make_encoder(network, image_shape, hidden, conv_channels, 2 * latent_dim)
+        self.decoder = make_decoder(network, latent_dim, hidden, conv_channels, image_shape)
+        if decoder == "gaussian":
+            self.log_sigma = nn.Parameter(torch.zeros(()))
+        self.test_neg_elbo = MeanMetric()
+        self.test_iwae_nll = MeanMetric()
+        self._iwae_images_seen = 0
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-variance of q(z|x)."""
-        hidden = self.encoder(x)
-        return self.to_mu(hidden), self.to_logvar(hidden)
+    # --- the documented model methods -------------------------------------------------------
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q(z|x), each (B, latent_dim)."""
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The latent code of x used for walks and plots: the posterior mean E_q[z|x]."""
+        return self.posterior(x)[0]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Mean image E[x|z] in [0, 1]."""
-        return torch.sigmoid(self.decoder(z))
+        """Mean image E[x|z], in [0, 1]."""
+        out = self.decoder(z)
+        return torch.sigmoid(out) if self.hparams.decoder == "bernoulli" else out.clamp(0.0, 1.0)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
+        """`n` images decoded from z ~ p(z) = N(0, I) (decoder means)."""
         return self.decode(torch.randn(n, self.hparams.latent_dim, device=self.device))
 
-    def neg_elbo(self, x: torch.Tensor) -> torch.Tensor:
-        """-ELBO per image: E_q[-log p(x|z)] (one reparameterised sample, eq. 10) + KL(q(z|x) || p(z))."""
-        mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        return bernoulli_nll(self.decoder(z), x) + gaussian_kl(mu, logvar)
+    # --- the loss --------------------------------------------------------------------------
+    def reconstruction_nll(self, decoded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """-log p(x|z) per image, from the decoder's raw output."""
+        if self.hparams.decoder == "bernoulli":
+            return bernoulli_nll(decoded, x)
+        return gaussian_nll(decoded, self.log_sigma, x)
 
+    def elbo_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image: the reconstruction term E_q[-log p(x|z)], one reparameterised sample, and the
+        closed-form KL(q(z|x) || p(z)); their sum is -ELBO (Kingma & Welling 2014, eq. 10)."""
+        mu, logvar = self.posterior(x)
+        return self.reconstruction_nll(self.decoder(reparameterise(mu, logvar)), x), gaussian_kl(mu, logvar)
+
+    def neg_elbo(self, x: torch.Tensor) -> torch.Tensor:
+        """-ELBO per image in nats (eq. 10 with the KL weight 1)."""
+        reconstruction, kl = self.elbo_terms(x)
+        return reconstruction + kl
+
+    def kl_weight(self) -> float:
+        """beta, ramped linearly from 0 over the warm-up steps (the warm-up of Sonderby et al. 2016)."""
+        warmup = self.hparams.kl_warmup_steps
+        return self.hparams.beta * (min(1.0, self.global_step / warmup) if warmup else 1.0)
+
+    @torch.no_grad()
+    def iwae_nll(self, x: torch.Tensor, k: int, chunk_rows: int = 32768) -> torch.Tensor:
+        """-log p(x) per image estimated with k importance samples from q(z|x) (Burda et al. 2015, eq. 8):
+        -log (1/k) sum_i p(x, z_i) / q(z_i | x). It is an upper bound on -log p(x) that tightens as k grows,
+        and equals the ELBO's expectation at k = 1. Samples are drawn in chunks to bound memory."""
+        mu, logvar = self.posterior(x)
+        per_chunk = max(1, chunk_rows // len(x))
+        log_weights = []
+        for start in range(0, k, per_chunk):
+            n = min(per_chunk, k - start)
+            z = mu + torch.randn(n, *mu.shape, device=mu.device, dtype=mu.dtype) * (0.5 * logvar).exp()  # (n, B, d)
+            decoded = self.decoder(z.flatten(0, 1)).unflatten(0, (n, len(x)))
+            log_likelihood = -self.reconstruction_nll(decoded, x)  # x broadcasts over the n samples
+            log_weights.append(log_likelihood + standard_normal_log_prob(z) - diagonal_normal_log_prob(z, mu, logvar))
+        return math.log(k) - torch.logsumexp(torch.cat(log_weights), dim=0)
+
+    # --- Lightning hooks -------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self.neg_elbo(batch[0]).mean()
-        self.log("train/neg_elbo_nats", loss, prog_bar=True)
+        reconstruction, kl = self.elbo_terms(batch[0])
+        loss = (reconstruction + self.kl_weight() * kl).mean()
+        self.log("train/loss", loss, prog_bar=True)
+        # Lightning writes step metrics only every log_every_n_steps; each self.log costs bookkeeping at
+        # every step, so the diagnostics are logged only at the steps that are written.
+        if self.trainer.log_every_n_steps and self.global_step % self.trainer.log_every_n_steps == 0:
+            self.log_dict({"train/neg_elbo_nats": (reconstruction + kl).mean(), "train/kl_nats": kl.mean()})
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self.log("val/neg_elbo_nats", self.neg_elbo(batch[0]).mean(), prog_bar=True, sync_dist=True)
+        x = batch[0]
+        self.log("val/neg_elbo_nats", self.neg_elbo(x).mean(), prog_bar=True, sync_dist=True, batch_size=len(x))
+
+    def on_test_epoch_start(self) -> None:
+        self._iwae_images_seen = 0
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self.log("test/neg_elbo_nats", self.neg_elbo(batch[0]).mean(), sync_dist=True)
+        x = batch[0]
+        self.test_neg_elbo.update(self.neg_elbo(x))
+        self.log("test/neg_elbo_nats", self.test_neg_elbo)
+        limit, k = self.hparams.iwae_test_images, self.hparams.iwae_samples
+        if k > 0 and (limit is None or self._iwae_images_seen < limit):
+            x = x if limit is None else x[: limit - self._iwae_images_seen]
+            self._iwae_images_seen += len(x)
+            self.test_iwae_nll.update(self.iwae_nll(x, k))
+            self.log("test/iwae_nll_nats", self.test_iwae_nll)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

@@ -2,11 +2,16 @@
 """Train a model on its real dataset within a budget and print one table row: quality and speed.
 
     python scripts/benchmark.py MODEL [--epochs N | --steps N | --seconds S] [--data.root DIR]
-                                      [--device cpu|cuda] [--json PATH] [other fit.py flags]
+                                      [--device cpu|cuda] [--json PATH] [--model-only-steps N]
+                                      [other fit.py flags]
 
 The run is the one `scripts/fit.py --model MODEL` makes (configs/MODEL.yaml), with the budget, the
 device and any extra flag on top, no logger and no checkpoint. It is the only place where quality
 and speed are measured; the tests never assert on time.
+
+`--model-only-steps N` also times N training steps of the model alone on one batch already on the device
+(forward, backward, optimiser step; no data loading, no Lightning loop, no logging) and reports their
+throughput and the ratio of the full epochs' throughput to it: near 1, the run is not data-bound.
 
 A model can say how it is measured with two optional class attributes and one method:
   benchmark_metric = "test/neg_elbo_nats"   the logged test metric that is the model's figure
@@ -43,6 +48,45 @@ class Throughput(L.Callback):
         self.count += counter(batch) if counter else len(batch[0])
 
 
+def preloaded_batch(datamodule: L.LightningDataModule, device: torch.device):
+    """The first training batch, through the DataModule's own transfer hooks, as a training step sees it."""
+    batch = next(iter(datamodule.train_dataloader()))
+    batch = datamodule.on_before_batch_transfer(batch, 0)
+    batch = datamodule.transfer_batch_to_device(batch, device, 0)
+    return datamodule.on_after_batch_transfer(batch, 0)
+
+
+def model_only_throughput(
+    model: L.LightningModule, trainer: L.Trainer, datamodule: L.LightningDataModule, steps: int, warmup: int = 5
+) -> float:
+    """Samples (or the model's unit) per second of `steps` training steps on one pre-loaded batch: the
+    model's training_step, backward and the step of the optimiser it trained with. Logging is switched off
+    for the measure (self.log needs Lightning's loop); the clock is read once, after a device sync."""
+    if not model.automatic_optimization:
+        raise ValueError("--model-only-steps needs a model with automatic optimisation; drop the flag")
+    batch = preloaded_batch(datamodule, model.device)
+    optimizer = trainer.optimizers[0]
+    counter = getattr(model, "count_throughput", None)
+    count = counter(batch) if counter else len(batch[0])
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else lambda: None
+    model.train()
+    model.log = model.log_dict = lambda *args, **kwargs: None
+    try:
+        for step in range(warmup + steps):
+            if step == warmup:
+                sync()
+                started = time.perf_counter()
+            loss = model.training_step(batch, 0)
+            loss = loss["loss"] if isinstance(loss, dict) else loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        sync()
+    finally:
+        del model.log, model.log_dict  # the class's own methods again
+    return steps * count / (time.perf_counter() - started)
+
+
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a registered model name (see scripts/fit.py --help)")
@@ -52,7 +96,16 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     budget.add_argument("--seconds", type=float, help="train for this much wall time")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--json", metavar="PATH", help="also write the row as one JSON object")
-    return parser.parse_known_args(argv)
+    parser.add_argument(
+        "--model-only-steps",
+        type=int,
+        metavar="N",
+        help="also time N training steps of the model alone on one pre-loaded batch (is the run data-bound?)",
+    )
+    options, extra = parser.parse_known_args(argv)
+    if options.model_only_steps is not None and options.model_only_steps < 1:
+        parser.error(f"--model-only-steps must be a positive number of steps, got {options.model_only_steps}")
+    return options, extra
 
 
 def fit_args(options: argparse.Namespace, extra: list[str]) -> tuple[str | None, list[str]]:
@@ -94,6 +147,10 @@ def run(options: argparse.Namespace, extra: list[str]) -> dict:
         "value": results.get(metric),
     }
     row.update({key(k).removeprefix("test_"): v for k, v in results.items() if k != metric})
+    if options.model_only_steps:
+        alone = model_only_throughput(model, trainer, cli.datamodule, options.model_only_steps)
+        row["model_only_per_s"] = round(alone, 1)
+        row["epoch_to_model_only_ratio"] = round(row["samples_per_s"] / alone, 3)
     return row
 
 

@@ -233,4 +233,11 @@ def test_toy2d(name):
 
 
 def test_registry_names():
-    assert set(DATAMODULES) == {"mnist", "fashion_mnist", "cifar10", "celeba", "digits", "toy2d", "text"}
+    assert {"mnist", "fashion_mnist", "cifar10", "celeba", "digits", "toy2d", "text"} <= set(DATAMODULES)
+
+
+def test_relative_text_path_is_found_in_the_root(data_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dm = TextDataModule(path="text/1984.txt", root=str(data_root))
+    assert dm.text.startswith("It was")
+    assert dm.data_source == str(data_root / "text" / "1984.txt")

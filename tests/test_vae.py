@@ -1,10 +1,12 @@
-"""The VAE's loss against independent computations."""
+"""The VAE's loss and its importance-weighted bound against independent computations."""
 
 import math
 
+import pytest
 import torch
 
-from lightning_modules.vae import VAE, bernoulli_nll, gaussian_kl
+from conftest import run_fit
+from lightning_modules.vae import VAE, bernoulli_nll, gaussian_kl, gaussian_nll, reparameterise
 
 
 def test_closed_form_kl_matches_monte_carlo():
@@ -18,18 +20,122 @@ def test_closed_form_kl_matches_monte_carlo():
 
 
 def test_bernoulli_nll_is_the_log_likelihood():
-    logits, x = torch.tensor([[0.0, 2.0, -1.0]]), torch.tensor([[1.0, 0.0, 1.0]])
+    logits, x = torch.tensor([[[[0.0, 2.0, -1.0]]]]), torch.tensor([[[[1.0, 0.0, 0.3]]]])
     p = torch.sigmoid(logits)
-    expected = -(x * p.log() + (1 - x) * (1 - p).log()).sum(1)
+    expected = -(x * p.log() + (1 - x) * (1 - p).log()).sum((1, 2, 3))
     torch.testing.assert_close(bernoulli_nll(logits, x), expected)
-    assert math.isclose(bernoulli_nll(torch.zeros(1, 784), torch.ones(1, 784)).item(), 784 * math.log(2), rel_tol=1e-6)
+    half = bernoulli_nll(torch.zeros(1, 1, 28, 28), torch.ones(1, 1, 28, 28))
+    assert math.isclose(half.item(), 784 * math.log(2), rel_tol=1e-6)
+    big = torch.tensor([[[[80.0, -80.0]]]])  # stable far from 0, where log(sigmoid) would underflow
+    torch.testing.assert_close(bernoulli_nll(big, torch.tensor([[[[0.0, 1.0]]]])), torch.tensor([160.0]))
 
 
-def test_neg_elbo_shape_and_gradients_reach_the_encoder():
-    model = VAE(image_shape=(1, 8, 8), hidden_dim=16, latent_dim=2)
+def test_gaussian_nll_matches_torch_distributions():
+    mean, x, log_sigma = torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4), torch.tensor(-1.3)
+    expected = -torch.distributions.Normal(mean, log_sigma.exp()).log_prob(x).flatten(1).sum(1)
+    torch.testing.assert_close(gaussian_nll(mean, log_sigma, x), expected)
+
+
+def test_reparameterised_sample_has_the_posterior_mean_and_variance():
+    torch.manual_seed(0)
+    mu, logvar = torch.tensor([[1.5, -2.0]]), torch.tensor([[0.4, -1.0]])
+    z = reparameterise(mu.expand(100_000, 2), logvar.expand(100_000, 2))
+    torch.testing.assert_close(z.mean(0), mu[0], atol=0.02, rtol=0)
+    torch.testing.assert_close(z.var(0), logvar[0].exp(), atol=0.02, rtol=0.02)
+
+
+@pytest.mark.parametrize("network", ["mlp", "conv"])
+def test_neg_elbo_shape_and_gradients_reach_the_encoder(network):
+    model = VAE(image_shape=(1, 8, 8), network=network, hidden_dim=16, latent_dim=2, conv_channels=(4, 8))
     x = torch.rand(5, 1, 8, 8)
     loss = model.neg_elbo(x)
     assert loss.shape == (5,) and torch.isfinite(loss).all()
     loss.mean().backward()
-    assert model.encoder[1].weight.grad.abs().sum() > 0
+    first_layer = next(model.encoder.parameters())
+    assert first_layer.grad is not None and first_layer.grad.abs().sum() > 0
     assert model.sample(3).shape == (3, 1, 8, 8)
+    codes = model.encode(x)
+    assert codes.shape == (5, 2) and torch.equal(codes, model.posterior(x)[0])
+    decoded = model.decode(codes)
+    assert decoded.shape == x.shape and decoded.min() >= 0 and decoded.max() <= 1
+
+
+def test_neg_elbo_is_the_sum_of_its_terms_computed_independently():
+    """-ELBO with one sample = -log p(x|z) + log q(z|x) - log p(z) in expectation; compared on average."""
+    torch.manual_seed(0)
+    model = VAE(image_shape=(1, 6, 6), hidden_dim=12, latent_dim=3)
+    x = torch.rand(2, 1, 6, 6)
+    with torch.no_grad():
+        mu, logvar = model.posterior(x)
+        q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+        z = q.sample((20_000,))  # (S, B, D)
+        p_x = torch.distributions.Bernoulli(
+            logits=model.decoder(z.flatten(0, 1)).view(20_000, 2, -1), validate_args=False
+        )
+        log_joint = p_x.log_prob(x.flatten(1)).sum(-1) + torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        reference = (q.log_prob(z).sum(-1) - log_joint).mean(0)
+        ours = torch.stack([model.neg_elbo(x) for _ in range(2000)]).mean(0)
+    torch.testing.assert_close(ours, reference, atol=0.05, rtol=0.01)
+
+
+def test_iwae_bound_is_above_the_elbo_bound_and_tightens_with_k():
+    """-ELBO >= IWAE_k >= IWAE_K for k < K (Burda et al. 2015, theorem 1), as expectations over noise."""
+    torch.manual_seed(0)
+    model = VAE(image_shape=(1, 6, 6), hidden_dim=12, latent_dim=3)
+    x = torch.rand(4, 1, 6, 6)
+    with torch.no_grad():
+        neg_elbo = torch.stack([model.neg_elbo(x) for _ in range(4000)]).mean(0)
+        iwae_1 = torch.stack([model.iwae_nll(x, 1) for _ in range(4000)]).mean(0)
+        iwae_10 = torch.stack([model.iwae_nll(x, 10) for _ in range(400)]).mean(0)
+        iwae_500 = torch.stack([model.iwae_nll(x, 500, chunk_rows=64) for _ in range(10)]).mean(0)
+    torch.testing.assert_close(iwae_1, neg_elbo, atol=0.1, rtol=0)  # k = 1 is the ELBO itself
+    assert (neg_elbo > iwae_10 + 0.05).all() and (iwae_10 > iwae_500).all()
+
+
+def test_iwae_estimate_is_exact_when_q_is_the_posterior():
+    """Independent check of the weights: with a decoder that ignores z, p(z|x) = p(z); a posterior equal
+    to the prior makes every weight p(x), so the estimate is -log p(x) for any k."""
+    model = VAE(image_shape=(1, 4, 4), hidden_dim=8, latent_dim=2)
+    with torch.no_grad():
+        for module in (model.encoder, model.decoder):
+            for parameter in module.parameters():
+                parameter.zero_()
+        model.decoder.net[0][-1].bias.fill_(0.7)  # pixel logits 0.7 everywhere, whatever z
+    x = torch.rand(3, 1, 4, 4)
+    exact = (
+        -torch.distributions.Bernoulli(logits=torch.full((16,), 0.7), validate_args=False).log_prob(x.flatten(1)).sum(1)
+    )
+    torch.testing.assert_close(model.iwae_nll(x, 7), exact)
+
+
+def test_kl_warmup_ramps_the_weight():
+    model = VAE(image_shape=(1, 4, 4), hidden_dim=8, latent_dim=2, beta=2.0, kl_warmup_steps=10)
+    assert model.kl_weight() == 0.0  # global_step is 0 before training
+    assert VAE(image_shape=(1, 4, 4), hidden_dim=8, latent_dim=2, beta=0.5).kl_weight() == 0.5
+
+
+def test_bad_options_are_value_errors():
+    with pytest.raises(ValueError, match="decoder"):
+        VAE(decoder="poisson")
+    with pytest.raises(ValueError, match="network"):
+        VAE(network="transformer")
+    with pytest.raises(ValueError, match="too small"):
+        VAE(image_shape=(1, 2, 2), network="conv", conv_channels=(4, 8))
+
+
+def test_conv_gaussian_vae_through_fit_writes_the_callback_images(data_root, tmp_path):
+    """One short real epoch through scripts/fit.py with configs/vae.yaml's callbacks: the grids and the
+    embedding plot land in the run folder and TensorBoard."""
+    result = run_fit(
+        "--model", "vae", "--data.root", str(data_root), "--model.network", "conv", "--model.decoder", "gaussian",
+        "--model.kl_warmup_steps", "5", "--model.iwae_samples", "20", "--model.iwae_test_images", "10",
+        "--data.batch_size", "16", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test/neg_elbo_nats = " in result.stdout and "test/iwae_nll_nats = " in result.stdout
+    run = tmp_path / "runs" / "vae" / "version_0"
+    pngs = {p.relative_to(run).as_posix() for p in run.glob("*/*.png")}
+    walks = {f"latent_walk/{name}_epoch000.png" for name in ("lerp", "slerp", "random_walk")}
+    assert pngs == {"reconstructions/grid_epoch000.png", "latent_embedding/test.png"} | walks
+    assert list(run.glob("events.out.tfevents.*"))

@@ -1,0 +1,143 @@
+"""Encoder and decoder networks shared by the autoencoders (ae, dae) and the VAE: an MLP pair and a
+convolutional pair. They map images to a flat vector and a flat vector back to pixel logits; what the
+vector means (a code, or the parameters of q(z|x)) is the model's business."""
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def mlp(widths: Sequence[int]) -> nn.Sequential:
+    """Linear layers of the given widths with ReLU between them and none after the last, which stays
+    linear: a code or logits, not a rectified activation."""
+    layers: list[nn.Module] = []
+    for i, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        if i > 0:
+            layers.append(nn.ReLU())
+        layers.append(nn.Linear(width_in, width_out))
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    """Image (B, C, H, W) -> flattened pixels -> hidden layers -> vector (B, out_dim)."""
+
+    def __init__(self, image_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int) -> None:
+        """
+        Args:
+            image_shape: (C, H, W) of the input images.
+            hidden_dims: widths of the hidden layers, input side first.
+            out_dim: size of the output vector.
+        """
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), mlp([math.prod(image_shape), *hidden_dims, out_dim]))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+class MLPDecoder(nn.Module):
+    """Vector (B, in_dim) -> hidden layers -> pixel logits (B, C, H, W)."""
+
+    def __init__(self, in_dim: int, hidden_dims: Sequence[int], image_shape: Sequence[int]) -> None:
+        """
+        Args:
+            in_dim: size of the input vector (the latent dimension).
+            hidden_dims: widths of the hidden layers, latent side first.
+            image_shape: (C, H, W) of the output images.
+        """
+        super().__init__()
+        self.net = nn.Sequential(mlp([in_dim, *hidden_dims, math.prod(image_shape)]), nn.Unflatten(1, image_shape))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+def conv_sizes(image_shape: Sequence[int], depth: int) -> list[tuple[int, int]]:
+    """(H, W) after each of `depth` stride-2 convolutions with kernel 4 and padding 1, input included."""
+    sizes = [tuple(image_shape[1:])]
+    for _ in range(depth):
+        h, w = sizes[-1]
+        sizes.append(((h - 2) // 2 + 1, (w - 2) // 2 + 1))
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """Strided convolutions halve the image `len(channels)` times, then a linear layer gives (B, out_dim)."""
+
+    def __init__(self, image_shape: Sequence[int], channels: Sequence[int], out_dim: int) -> None:
+        """
+        Args:
+            image_shape: (C, H, W) of the input images.
+            channels: output channels of each stride-2 convolution, input side first.
+            out_dim: size of the output vector.
+        """
+        super().__init__()
+        h, w = conv_sizes(image_shape, len(channels))[-1]
+        if h < 1 or w < 1:
+            raise ValueError(
+                f"images of {image_shape[1]}x{image_shape[2]} pixels are too small for {len(channels)} stride-2 "
+                "convolutions; use fewer --model.conv_channels or --model.network mlp"
+            )
+        layers: list[nn.Module] = []
+        for width_in, width_out in zip([image_shape[0], *channels[:-1]], channels, strict=True):
+            layers += [nn.Conv2d(width_in, width_out, 4, stride=2, padding=1), nn.ReLU()]
+        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels[-1] * h * w, out_dim))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+class ConvDecoder(nn.Module):
+    """The mirror of ConvEncoder: a linear layer to the smallest feature map, then transposed convolutions
+    that double it back to exactly (H, W) (odd sizes included, through `output_size`), giving pixel logits."""
+
+    def __init__(self, in_dim: int, channels: Sequence[int], image_shape: Sequence[int]) -> None:
+        """
+        Args:
+            in_dim: size of the input vector (the latent dimension).
+            channels: channels of each feature map, smallest map first (the encoder's list reversed).
+            image_shape: (C, H, W) of the output images.
+        """
+        super().__init__()
+        # The encoder's feature-map sizes, largest first; the decoder walks them back up.
+        self.sizes = conv_sizes(image_shape, len(channels))[::-1]
+        self.channels = list(channels)
+        h, w = self.sizes[0]
+        self.project = nn.Sequential(nn.Linear(in_dim, channels[0] * h * w), nn.ReLU())
+        widths = [*channels, image_shape[0]]
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(widths[i], widths[i + 1], 4, stride=2, padding=1) for i in range(len(channels))
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h, w = self.sizes[0]
+        x = self.project(z).view(len(z), self.channels[0], h, w)
+        for i, layer in enumerate(self.up):
+            x = layer(x, output_size=self.sizes[i + 1])
+            if i < len(self.up) - 1:
+                x = torch.relu(x)
+        return x
+
+
+def make_encoder(
+    network: str, image_shape: Sequence[int], hidden_dims: Sequence[int], conv_channels: Sequence[int], out_dim: int
+) -> nn.Module:
+    """The MLP or the convolutional encoder, by name."""
+    if network == "mlp":
+        return MLPEncoder(image_shape, hidden_dims, out_dim)
+    if network == "conv":
+        return ConvEncoder(image_shape, conv_channels, out_dim)
+    raise ValueError(f"--model.network must be 'mlp' or 'conv', got {network!r}")
+
+
+def make_decoder(
+    network: str, latent_dim: int, hidden_dims: Sequence[int], conv_channels: Sequence[int], image_shape: Sequence[int]
+) -> nn.Module:
+    """The mirror of `make_encoder`: the same widths in reverse order."""
+    if network == "mlp":
+        return MLPDecoder(latent_dim, list(hidden_dims)[::-1], image_shape)
+    if network == "conv":
+        return ConvDecoder(latent_dim, list(conv_channels)[::-1], image_shape)
+    raise ValueError(f"--model.network must be 'mlp' or 'conv', got {network!r}")

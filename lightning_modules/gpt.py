@@ -1,0 +1,290 @@
+"""Decoder-only transformer language model (GPT, Radford et al. 2018) on characters: token and learned
+position embeddings, pre-norm blocks of causal self-attention and a GELU MLP (Vaswani et al. 2017, with
+the norm moved before each sub-layer as in GPT-2), a final LayerNorm and an output head tied to the token
+embedding. Trained on next-character cross-entropy, reported in nats and bits per character."""
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+
+
+class KVCache:
+    """The keys and values of the tokens seen so far, one (k, v) pair per layer, each (B, heads, T, head_dim):
+    with them a new token attends to the past without recomputing it, so sampling costs O(T) per token."""
+
+    def __init__(self, n_layer: int) -> None:
+        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+
+    @property
+    def length(self) -> int:
+        return 0 if self.layers[0] is None else self.layers[0][0].shape[2]
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this layer's new keys and values; return all of them."""
+        past = self.layers[layer]
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        self.layers[layer] = (k, v)
+        return k, v
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention softmax(QK^T / sqrt(d_k)) V (Vaswani et al. 2017, eq. 1) where position t sees
+    positions <= t only, through PyTorch's fused `scaled_dot_product_attention`."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool) -> None:
+        super().__init__()
+        self.n_head, self.dropout = n_head, dropout
+        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.proj_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            k, v = cache.extend(layer, k, v)
+        past = k.shape[2] - t
+        # Without a past the mask is the plain causal one; one new token may see everything; a chunk after a
+        # past sees the past and its own prefix (lower-triangular mask shifted by the past's length).
+        mask = None if past == 0 or t == 1 else torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=past == 0 and t > 1, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj_dropout(self.proj(y.transpose(1, 2).reshape(b, t, c)))
+
+
+class Block(nn.Module):
+    """x + attention(LN(x)), then x + MLP(LN(x)): the pre-norm residual block (GPT-2, Radford et al. 2019,
+    sec. 2.3); the MLP is the position-wise feed-forward net of Vaswani et al. (eq. 2) with GELU."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
+        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
+        self.mlp = nn.Sequential(
+            nn.Linear(n_embd, 4 * n_embd, bias=bias),
+            nn.GELU(),
+            nn.Linear(4 * n_embd, n_embd, bias=bias),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """Token ids (B, T) -> next-token logits (B, T, vocab)."""
+
+    def __init__(
+        self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, dropout: float, bias: bool
+    ) -> None:
+        super().__init__()
+        self.block_size = block_size
+        self.token_embedding = nn.Embedding(vocab_size, n_embd)
+        self.position_embedding = nn.Embedding(block_size, n_embd)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(n_embd, n_head, dropout, bias) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd, bias=bias)
+        self.head = nn.Linear(n_embd, vocab_size, bias=False)
+        # Weight tying (Press & Wolf 2017): the output head reads with the input embedding's matrix.
+        self.head.weight = self.token_embedding.weight
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: the projections that write into the residual stream get std 0.02 / sqrt(2 L),
+        # so the stream's variance does not grow with depth.
+        for name, parameter in self.named_parameters():
+            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+                nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        start = cache.length if cache is not None else 0
+        if start + idx.shape[1] > self.block_size:
+            raise ValueError(f"{start + idx.shape[1]} tokens exceed the model's context of {self.block_size}")
+        positions = torch.arange(start, start + idx.shape[1], device=idx.device)
+        x = self.dropout(self.token_embedding(idx) + self.position_embedding(positions))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
+        return self.head(self.ln_f(x))
+
+
+def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-1/N sum_t log P(u_t | u_<t) (Radford et al. 2018, eq. 1, as a mean loss), in nats per character."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear warm-up, then half a cosine down to `min_ratio` at `decay_steps`
+    (Loshchilov & Hutter 2017, eq. 5, without restarts), then constant; nanoGPT's schedule."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if step >= decay_steps:
+        return min_ratio
+    progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
+    return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
+
+
+class GPT(L.LightningModule):
+    """A char-level GPT; `generate` continues a prompt of token ids, with a key/value cache."""
+
+    benchmark_metric = "test/loss_nats"
+    throughput_unit = "tokens"
+
+    def __init__(
+        self,
+        vocab_size: int | None = None,
+        block_size: int = 256,
+        n_layer: int = 6,
+        n_head: int = 6,
+        n_embd: int = 384,
+        dropout: float = 0.2,
+        bias: bool = False,
+        lr: float = 1e-3,
+        min_lr: float = 1e-4,
+        warmup_steps: int = 100,
+        lr_decay_steps: int | None = None,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.99),
+        compile: bool = False,
+    ) -> None:
+        """
+        Args:
+            vocab_size: number of distinct characters; set from the DataModule by scripts/fit.py.
+            block_size: the context: the most characters the model sees (its position embeddings).
+            n_layer: transformer blocks.
+            n_head: attention heads per block; must divide n_embd.
+            n_embd: width of the residual stream.
+            dropout: dropout on embeddings, attention weights and residual branches (0 disables it).
+            bias: biases in the linear layers and LayerNorms.
+            lr: peak AdamW learning rate, reached after the warm-up.
+            min_lr: the learning rate at the end of the cosine decay.
+            warmup_steps: optimiser steps of linear warm-up.
+            lr_decay_steps: step at which the cosine reaches min_lr; default the trainer's max_steps.
+            weight_decay: AdamW decoupled weight decay, applied to weight matrices and embeddings only.
+            betas: AdamW's (beta1, beta2).
+            compile: run the transformer through torch.compile.
+        """
+        super().__init__()
+        if vocab_size is None:
+            raise ValueError("gpt needs text data: use --data text (a UTF-8 file via --data.path)")
+        if n_embd % n_head:
+            raise ValueError(f"--model.n_embd {n_embd} must be a multiple of --model.n_head {n_head}")
+        self.save_hyperparameters()
+        self.transformer = Transformer(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias)
+        if compile:
+            self.transformer.compile()  # in place: the state_dict keys stay those of the plain model
+        self.val_nll = torchmetrics.MeanMetric()
+        self.test_nll = torchmetrics.MeanMetric()
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        data_block = getattr(getattr(datamodule, "hparams", {}), "block_size", None)
+        if data_block is not None and data_block > self.hparams.block_size:
+            raise ValueError(
+                f"--data.block_size {data_block} is larger than the model's context {self.hparams.block_size}; "
+                f"pass --data.block_size {self.hparams.block_size} or less, or --model.block_size {data_block}"
+            )
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Next-character logits (B, T, vocab) at every position of idx (B, T)."""
+        return self.transformer(idx)
+
+    # --- sampling ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue `prompt` (B, T) token ids by `max_new_tokens`; returns (B, T + max_new_tokens).
+        temperature 0 is greedy decoding; top_k keeps only the k likeliest characters. The model sees at
+        most block_size characters: without the cache the window slides by one each token (recomputing it);
+        with the cache, once full, it restarts from the last block_size // 2 characters, so the cost per
+        token stays O(block_size). `generator` keeps sampling from drawing on the global random state."""
+        block_size = self.hparams.block_size
+        tokens, cache = prompt, None
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits = self.transformer(tokens[:, -block_size:])
+            elif cache is None or cache.length >= block_size:
+                keep = block_size if cache is None else block_size // 2
+                cache = KVCache(self.hparams.n_layer)
+                logits = self.transformer(tokens[:, -keep:], cache)
+            else:
+                logits = self.transformer(tokens[:, -1:], cache)
+            tokens = torch.cat([tokens, self.pick(logits[:, -1], temperature, top_k, generator)], dim=1)
+        return tokens
+
+    @staticmethod
+    def pick(logits: torch.Tensor, temperature: float, top_k: int | None, generator=None) -> torch.Tensor:
+        """One next token (B, 1) from the last position's logits (B, vocab)."""
+        if temperature <= 0:
+            return logits.argmax(dim=-1, keepdim=True)
+        logits = logits / temperature
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+
+    # --- training ---------------------------------------------------------------------------------
+    def count_throughput(self, batch) -> int:
+        return batch[0].numel()
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = next_token_nll(self.transformer(x), y)
+        # on_step only: no running epoch mean to update, and the logger reads it every log_every_n_steps.
+        self.log("train/loss_nats", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def _evaluate(self, batch, metric: torchmetrics.MeanMetric, stage: str) -> None:
+        x, y = batch
+        # Weighted by characters, so the epoch value is the exact mean over the whole split.
+        metric.update(next_token_nll(self.transformer(x), y), weight=y.numel())
+        self.log(f"{stage}/loss_nats", metric, prog_bar=stage == "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/bits_per_char", self.val_nll.compute() / math.log(2))
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test/bits_per_char", self.test_nll.compute() / math.log(2))
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_nll, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_nll, "test")
+
+    def parameter_groups(self) -> list[dict]:
+        """AdamW groups: decay on the matrices (linear weights, embeddings), none on biases and norm gains."""
+        params = [p for p in self.transformer.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.hparams.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, betas=tuple(hp.betas))
+        max_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        decay_steps = hp.lr_decay_steps or max_steps
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, decay_steps, hp.min_lr / hp.lr)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

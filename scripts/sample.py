@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Sample from a trained model of the zoo, given only its checkpoint:
+
+    python scripts/sample.py --ckpt PATH --prompt "Winston" [--max_new_tokens 500] [--temperature 0.8] [--top_k K]
+    python scripts/sample.py --ckpt PATH --n 64 --out grid.png
+
+A model with `generate` (a language model) continues the prompt and prints the text; the vocabulary is
+read from the checkpoint, so no data file is needed. A model with `sample(n)` (VAE, diffusion, ...) draws
+n images in [0, 1] and saves them as one grid PNG.
+"""
+
+import argparse
+import math
+import os
+import sys
+
+import torch
+from torchvision.utils import save_image
+
+from lightning_modules.checkpoint import load_model, read_checkpoint
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="a .ckpt file written by scripts/fit.py")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    text = parser.add_argument_group("text models (generate)")
+    text.add_argument("--prompt", default="\n", help="the text to continue (default: a new line)")
+    text.add_argument("--max_new_tokens", type=int, default=500, help="characters to generate")
+    text.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 is greedy")
+    text.add_argument("--top_k", type=int, default=None, help="sample among the k likeliest tokens only")
+    text.add_argument("--num_samples", type=int, default=1, help="independent continuations to print")
+    images = parser.add_argument_group("image models (sample)")
+    images.add_argument("--n", type=int, default=64, help="images to draw")
+    images.add_argument("--out", default="samples.png", help="PNG file for the grid")
+    return parser.parse_args(argv)
+
+
+def checkpoint_vocab(path: str) -> str:
+    """The vocabulary a text DataModule saved in the checkpoint (its `state_dict`, under its class name)."""
+    for value in read_checkpoint(path).values():
+        if isinstance(value, dict) and isinstance(value.get("vocab"), str):
+            return value["vocab"]
+    raise ValueError(f"checkpoint {path} holds no vocabulary; was it trained on --data text?")
+
+
+def encode(prompt: str, vocab: str) -> torch.Tensor:
+    if not prompt:
+        raise ValueError("--prompt is empty; give at least one character (e.g. a new line, the default)")
+    index = {char: i for i, char in enumerate(vocab)}
+    unknown = sorted({char for char in prompt if char not in index})
+    if unknown:
+        raise ValueError(
+            f"the prompt has characters outside the model's vocabulary: {''.join(unknown)!r}; "
+            f"remove them (the vocabulary: {vocab!r})"
+        )
+    return torch.tensor([[index[char] for char in prompt]], dtype=torch.long)
+
+
+def sample_text(model, options: argparse.Namespace) -> str:
+    vocab = checkpoint_vocab(options.ckpt)
+    prompt = encode(options.prompt, vocab).to(model.device).expand(options.num_samples, -1)
+    generator = torch.Generator(device=model.device).manual_seed(options.seed)
+    tokens = model.generate(prompt, options.max_new_tokens, options.temperature, options.top_k, generator=generator)
+    return "\n---\n".join("".join(vocab[i] for i in row.tolist()) for row in tokens)
+
+
+def sample_images(model, options: argparse.Namespace) -> str:
+    if options.n < 1:
+        raise ValueError(f"--n must be at least 1, got {options.n}")
+    torch.manual_seed(options.seed)
+    with torch.no_grad():
+        images = model.sample(options.n).float().clamp(0, 1).cpu()
+    save_image(images, options.out, nrow=math.ceil(math.sqrt(options.n)))
+    return f"{options.n} samples of {type(model).__name__} written to {options.out}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        model = load_model(options.ckpt, map_location=options.device)
+        if hasattr(model, "generate"):
+            print(sample_text(model, options))
+        elif hasattr(model, "sample"):
+            print(sample_images(model, options))
+        else:
+            raise ValueError(f"{type(model).__name__} has neither generate nor sample; nothing to draw")
+    except ValueError as error:
+        if os.environ.get("LIGHTNING_ZOO_DEBUG"):
+            raise
+        print(f"sample.py: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

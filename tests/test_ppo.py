@@ -1,0 +1,146 @@
+"""PPO as a Lightning run: rollout shapes, environment steps counted, the stop at total_env_steps, Pendulum,
+fit.py's smoke run, the same seed giving the same returns, and scripts/evaluate.py on a tiny checkpoint."""
+
+import runpy
+
+import gymnasium as gym
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, run_fit
+from datamodules.environments import GymDataModule
+from lightning_modules.ppo import PPO
+
+
+class StepCounting(gym.Env):
+    """CartPole-sized observations, two actions, episodes of 5 steps; counts every step of every copy."""
+
+    steps = 0
+    observation_space = gym.spaces.Box(-1, 1, (4,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.uniform(-1, 1, 4).astype(np.float32), {}
+
+    def step(self, action):
+        StepCounting.steps += 1
+        self.t += 1
+        return self.np_random.uniform(-1, 1, 4).astype(np.float32), float(action), self.t == 5, False, {}
+
+
+class MultiDiscreteActions(StepCounting):
+    action_space = gym.spaces.MultiDiscrete([2, 2])
+
+
+gym.register("ZooStepCounting-v0", entry_point=StepCounting)
+gym.register("ZooMultiDiscrete-v0", entry_point=MultiDiscreteActions)
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    return L.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **kwargs
+    )
+
+
+def test_rollout_shapes():
+    model = PPO(num_envs=3, num_steps=7, num_minibatches=3)
+    model.on_train_start()
+    rollout, (returns, lengths) = model.collect_rollout()
+    model.on_train_end()
+    assert rollout.observations.shape == (21, 4) and rollout.observations.dtype == torch.float32
+    assert rollout.actions.shape == (21,) and rollout.actions.dtype == torch.long
+    for name in ("log_probs", "values", "advantages", "returns"):
+        assert getattr(rollout, name).shape == (21,), name
+    assert returns.shape == lengths.shape and model.count_throughput(None) == 21
+
+
+def test_each_rollout_is_num_envs_x_num_steps_env_steps_and_k_x_m_optimizer_steps():
+    StepCounting.steps = 0
+    model = PPO(env_id="ZooStepCounting-v0", num_envs=3, num_steps=10, update_epochs=2, num_minibatches=5,
+                total_env_steps=3 * 3 * 10)  # fmt: skip
+    trainer = quiet_trainer(max_epochs=-1)  # the model stops the run after total_env_steps
+    trainer.fit(model, datamodule=GymDataModule(eval_episodes=2))
+    assert trainer.current_epoch == 3 and trainer.global_step == 3 * 2 * 5
+    assert StepCounting.steps == model.trained_env_steps == 3 * 3 * 10
+    [result] = trainer.test(model, datamodule=GymDataModule(eval_episodes=2), verbose=False)
+    assert StepCounting.steps >= 90 + 2 * 5  # the evaluation plays two whole episodes
+    assert 0 <= result["test/mean_return"] <= 5 and "test/solved_at_env_steps" not in result  # no threshold
+
+
+def test_pendulum_trains_with_a_gaussian_policy_and_shared_trunk():
+    torch.manual_seed(0)
+    model = PPO(env_id="Pendulum-v1", num_envs=2, num_steps=16, num_minibatches=2, shared_trunk=True)
+    before = model.agent.log_std.detach().clone()
+    trainer = quiet_trainer(max_epochs=2)
+    trainer.fit(model, datamodule=GymDataModule(eval_episodes=2))
+    assert model.agent.critic_trunk is None and not torch.equal(before, model.agent.log_std)
+    [result] = trainer.test(model, datamodule=GymDataModule(eval_episodes=2), verbose=False)
+    assert -2000 < result["test/mean_return"] < 0  # 200 steps of Pendulum's costs, each in [-16.3, 0]
+    assert "test/solved_at_env_steps" not in result  # Pendulum has no reward_threshold
+
+
+def test_bad_settings_are_one_clear_error():
+    with pytest.raises(ValueError, match="cannot make environment 'NoSuchEnv-v0'"):
+        PPO(env_id="NoSuchEnv-v0")
+    with pytest.raises(ValueError, match="num_minibatches .* must divide"):
+        PPO(num_envs=3, num_steps=5, num_minibatches=4)
+    with pytest.raises(ValueError, match="Discrete or 1-D Box actions"):
+        PPO(env_id="ZooMultiDiscrete-v0")
+    with pytest.raises(ValueError, match="flat observation vector"):
+        PPO(env_id="Blackjack-v1")
+
+
+def test_fast_dev_run(tmp_path):
+    result = run_fit("--model", "ppo", "--trainer.fast_dev_run", "true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ppo on GymDataModule" in result.stdout and "test/mean_return = " in result.stdout
+
+
+def short_run(seed: int) -> tuple[dict, list[float], dict]:
+    """Two rollouts of 4 x 16 steps seeded like fit.py's --seed: test metrics, training returns, weights."""
+    L.seed_everything(seed)
+    model = PPO(num_steps=16, num_minibatches=2)
+    trainer = quiet_trainer(max_epochs=2)
+    returns = []
+    original = model.collect_rollout
+
+    def recording_rollout():
+        rollout, episodes = original()
+        returns.append(episodes[0].tolist())
+        return rollout, episodes
+
+    model.collect_rollout = recording_rollout
+    trainer.fit(model, datamodule=GymDataModule(eval_episodes=3))
+    [result] = trainer.test(model, datamodule=GymDataModule(eval_episodes=3), verbose=False)
+    return result, returns, model.state_dict()
+
+
+def test_same_seed_same_returns():
+    first, second, other = short_run(3), short_run(3), short_run(4)
+    assert first[1] == second[1] and len(first[1]) == 2 and all(first[1])  # every rollout finished episodes
+    assert first[0]["test/mean_return"] == second[0]["test/mean_return"]
+    for name, value in first[2].items():
+        torch.testing.assert_close(second[2][name], value, rtol=0, atol=0, msg=name)
+    assert other[1] != first[1]  # and the seed matters
+
+
+def test_fit_then_evaluate_script_prints_returns_and_saves_a_gif(tmp_path, capsys):
+    args = ("--model", "ppo", "--trainer.max_epochs", "1", "--model.num_steps", "32", "--data.eval_episodes", "3",
+            "--trainer.enable_progress_bar", "false")  # fmt: skip
+    fitted = run_fit(*args, cwd=tmp_path)
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    checkpoint = str(tmp_path / "runs/ppo/version_0/checkpoints/last.ckpt")
+    video = tmp_path / "episode.gif"
+    evaluate = runpy.run_path(str(REPO / "scripts/evaluate.py"))["main"]  # the real script, in this process
+    assert evaluate(["--ckpt", checkpoint, "--episodes", "4", "--video", str(video)]) == 0
+    printed = capsys.readouterr().out
+    assert "mean_return = " in printed and "std_return = " in printed and "episodes = 4" in printed
+    with Image.open(video) as gif:
+        assert gif.n_frames > 1 and gif.size == (600, 400)  # CartPole's rgb_array frames
+    assert evaluate(["--ckpt", checkpoint, "--video", str(tmp_path / "x.mp4")]) == 2
+    assert "evaluate.py: error: --video writes a GIF" in capsys.readouterr().err
