@@ -75,6 +75,7 @@ class VAE(L.LightningModule):
         iwae_samples: int = 1000,
         iwae_test_images: int | None = None,
         lr: float = 1e-3,
+        cosine_decay: bool = False,
     ) -> None:
         """
         Args:
@@ -94,6 +95,8 @@ class VAE(L.LightningModule):
             iwae_test_images: estimate it on the first this many test images only (it costs k decoder passes
                 per image); None for the whole test set.
             lr: Adam learning rate.
+            cosine_decay: anneal the learning rate to 0 over the run with a cosine (Loshchilov & Hutter 2017);
+                the end of training then averages out the gradient noise instead of carrying it.
         """
         super().__init__()
         if image_shape is None:
@@ -203,5 +206,9 @@ class VAE(L.LightningModule):
             self.test_iwae_nll.update(self.iwae_nll(x, k))
             self.log("test/iwae_nll_nats", self.test_iwae_nll)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        if not self.hparams.cosine_decay:
+            return optimizer
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -139,3 +139,16 @@ def test_conv_gaussian_vae_through_fit_writes_the_callback_images(data_root, tmp
     walks = {f"latent_walk/{name}_epoch000.png" for name in ("lerp", "slerp", "random_walk")}
     assert pngs == {"reconstructions/grid_epoch000.png", "latent_embedding/test.png"} | walks
     assert list(run.glob("events.out.tfevents.*"))
+
+
+def test_cosine_decay_anneals_the_learning_rate_to_zero():
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    images = torch.rand(32, 1, 8, 8)
+    model = VAE(image_shape=(1, 8, 8), hidden_dim=8, latent_dim=2, lr=0.01, cosine_decay=True, iwae_samples=0)
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, DataLoader(list(zip(images, torch.zeros(32), strict=True)), batch_size=8))
+    assert trainer.global_step == 8
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert VAE(image_shape=(1, 8, 8), cosine_decay=False).configure_optimizers().param_groups[0]["lr"] == 1e-3
