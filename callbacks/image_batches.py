@@ -9,6 +9,12 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torchvision.utils import make_grid, save_image
 
 
+def is_due(trainer: L.Trainer, every_n_epochs: int) -> bool:
+    """True at the end of every `every_n_epochs`-th training epoch, and always after the last one."""
+    epoch = trainer.current_epoch + 1
+    return epoch % every_n_epochs == 0 or epoch == trainer.max_epochs
+
+
 def first_test_images(trainer: L.Trainer, pl_module: L.LightningModule, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `n` test images and labels, on the model's device and normalised as in training: the
     DataModule's own transfer hooks run, so images arrive as float32 in [0, 1] like every batch."""

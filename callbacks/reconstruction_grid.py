@@ -4,7 +4,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from callbacks.image_batches import first_test_images, output_folder, write_grid
+from callbacks.image_batches import first_test_images, is_due, output_folder, write_grid
 
 
 class ReconstructionGrid(L.Callback):
@@ -36,8 +36,7 @@ class ReconstructionGrid(L.Callback):
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1
-        if epoch % self.every_n_epochs and epoch != trainer.max_epochs:  # and always after the last one
+        if not is_due(trainer, self.every_n_epochs):
             return
         folder = output_folder(trainer, "reconstructions")
         if folder is None:
