@@ -3,6 +3,7 @@ Each name has its defaults in configs/NAME.yaml."""
 
 from lightning_modules.autoencoder import Autoencoder, DenoisingAutoencoder
 from lightning_modules.classifier import ImageClassifier
+from lightning_modules.ddpm import DDPM
 from lightning_modules.gpt import GPT
 from lightning_modules.ppo import PPO
 from lightning_modules.vae import VAE
@@ -21,6 +22,7 @@ MODELS = {
     "hybrid_vit": ImageClassifier,
     "pixel_attention": ImageClassifier,
     "ppo": PPO,
+    "ddpm": DDPM,
 }
 
-__all__ = ["MODELS", "Autoencoder", "DenoisingAutoencoder", "GPT", "ImageClassifier", "PPO", "VAE"]
+__all__ = ["MODELS", "Autoencoder", "DDPM", "DenoisingAutoencoder", "GPT", "ImageClassifier", "PPO", "VAE"]

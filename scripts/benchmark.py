@@ -96,6 +96,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     budget.add_argument("--seconds", type=float, help="train for this much wall time")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--json", metavar="PATH", help="also write the row as one JSON object")
+    parser.add_argument("--save-checkpoint", metavar="PATH", help="also save the trained model (for sample.py)")
     parser.add_argument(
         "--model-only-steps",
         type=int,
@@ -108,6 +109,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return options, extra
 
 
+def as_duration(seconds: float) -> str:
+    """Lightning's max_time string, DD:HH:MM:SS (whole seconds, at least one)."""
+    total = max(1, round(seconds))
+    return f"{total // 86400:02d}:{total // 3600 % 24:02d}:{total // 60 % 60:02d}:{total % 60:02d}"
+
+
 def fit_args(options: argparse.Namespace, extra: list[str]) -> tuple[str | None, list[str]]:
     name, args = translate(["--model", options.model, *extra])
     args += ["--trainer.accelerator", "gpu" if options.device == "cuda" else "cpu", "--trainer.devices", "1"]
@@ -118,7 +125,7 @@ def fit_args(options: argparse.Namespace, extra: list[str]) -> tuple[str | None,
     if options.steps is not None:
         args += ["--trainer.max_steps", str(options.steps), "--trainer.max_epochs", "-1"]
     if options.seconds is not None:
-        args += ["--trainer.max_time", json.dumps({"seconds": options.seconds}), "--trainer.max_epochs", "-1"]
+        args += ["--trainer.max_time", as_duration(options.seconds), "--trainer.max_epochs", "-1"]
     return name, args
 
 
@@ -131,6 +138,8 @@ def run(options: argparse.Namespace, extra: list[str]) -> dict:
     trainer.fit(model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - started
     results = {k: v for r in trainer.test(model, datamodule=cli.datamodule, verbose=False) for k, v in r.items()}
+    if options.save_checkpoint:
+        trainer.save_checkpoint(options.save_checkpoint)
     metric = getattr(model, "benchmark_metric", None) or next(iter(sorted(results)), "")
     key = lambda name: name.replace("/", "_")  # noqa: E731 - "test/neg_elbo_nats" -> "test_neg_elbo_nats"
     unit = getattr(model, "throughput_unit", "samples")

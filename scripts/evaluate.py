@@ -11,6 +11,11 @@ The checkpoint names its model class, so no model name is needed. A model plugs 
   render(self, seed: int = ...) -> list[numpy.ndarray]                       (optional, for --video)
       the frames, (H, W, 3) uint8, of one episode (or any sequence worth watching), saved as an animated GIF.
 PPO plays 20 greedy episodes and prints their mean and standard deviation; its --video is one greedy episode.
+A generative model's evaluate may also take `fid_classifier`, `samplers` and `data_root`, passed when given:
+DDPM prints the classifier FID of each sampler against the test set and its DDIM inversion error:
+
+    python scripts/evaluate.py --ckpt PATH --fid_classifier runs/fid/lenet5_mnist.ckpt \
+        --samplers ddpm,ddim50,ddim20 --data.root ../shared/data
 """
 
 import argparse
@@ -37,7 +42,23 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="seed of the evaluation (default: the model's own)")
     parser.add_argument("--video", metavar="PATH.gif", help="also save one episode as an animated GIF")
     parser.add_argument("--fps", type=float, default=50.0, help="frames per second of the GIF (default 50)")
+    generative = parser.add_argument_group("generative models")
+    generative.add_argument("--fid_classifier", help="classifier checkpoint whose features the FID uses")
+    generative.add_argument("--samplers", help="comma-separated samplers to score, e.g. ddpm,ddim50,ddim20")
+    generative.add_argument("--data.root", dest="data_root", help="where the test images are (default: as trained)")
     return parser.parse_args(argv)
+
+
+def optional_arguments(evaluate, options: argparse.Namespace, name: str) -> dict:
+    """The generative-model options that were given, refused in one line when the model does not take them."""
+    given = {k: getattr(options, k) for k in ("fid_classifier", "samplers", "data_root")}
+    given = {k: v for k, v in given.items() if v is not None}
+    accepted = inspect.signature(evaluate).parameters
+    for key in given:
+        if key not in accepted:
+            flag = "--data.root" if key == "data_root" else f"--{key}"
+            raise ValueError(f"{name}'s evaluation takes no {flag}; drop it")
+    return given
 
 
 def run(options: argparse.Namespace) -> list[str]:
@@ -53,6 +74,7 @@ def run(options: argparse.Namespace) -> list[str]:
         if options.episodes < 1:
             raise ValueError(f"--episodes must be at least 1, got {options.episodes}")
         kwargs["episodes"] = options.episodes
+    kwargs.update(optional_arguments(evaluate, options, name))
     if options.video and not options.video.lower().endswith(".gif"):
         raise ValueError(f"--video writes a GIF; name the file *.gif, got {options.video}")
     if options.video and not hasattr(model, "render"):

@@ -2,14 +2,21 @@
 """Sample from a trained model of the zoo, given only its checkpoint:
 
     python scripts/sample.py --ckpt PATH --prompt "Winston" [--max_new_tokens 500] [--temperature 0.8] [--top_k K]
-    python scripts/sample.py --ckpt PATH --n 64 --out grid.png
+    python scripts/sample.py --ckpt PATH --n 64 --out grid.png [--sampler ddim --steps 50 --eta 0]
+    python scripts/sample.py --ckpt PATH --n 8 --inpaint box|random|grid --out inpainted.png
+    python scripts/sample.py --ckpt PATH --n 8 --invert --steps 100 --out inverted.png
 
 A model with `generate` (a language model) continues the prompt and prints the text; the vocabulary is
 read from the checkpoint, so no data file is needed. A model with `sample(n)` (VAE, diffusion, ...) draws
-n images in [0, 1] and saves them as one grid PNG.
+n images in [0, 1] and saves them as one grid PNG; `--sampler`, `--steps` and `--eta` go to `sample` when
+given (diffusion models). `--inpaint MASK` and `--invert` take the first n test images of the data the model
+was trained on (`--data.root` if they moved): the first writes rows of originals, masked inputs and
+completions (`inpaint(x, mask)`), the second originals, noise latents and regenerations (`encode`, `decode`)
+and prints the reconstruction error.
 """
 
 import argparse
+import inspect
 import math
 import os
 import sys
@@ -18,6 +25,13 @@ import torch
 from torchvision.utils import save_image
 
 from lightning_modules.checkpoint import load_model, read_checkpoint
+from lightning_modules.diffusion import box_mask, grid_mask, random_pixel_mask
+
+MASKS = {
+    "box": lambda shape: box_mask(shape, 0.5),
+    "random": lambda shape: random_pixel_mask(shape, 0.2),
+    "grid": lambda shape: grid_mask(shape, 2),
+}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -34,6 +48,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     images = parser.add_argument_group("image models (sample)")
     images.add_argument("--n", type=int, default=64, help="images to draw")
     images.add_argument("--out", default="samples.png", help="PNG file for the grid")
+    images.add_argument("--sampler", help="diffusion sampler: ddpm (all T steps) or ddim")
+    images.add_argument("--steps", type=int, help="diffusion sampling, inpainting or inversion steps")
+    images.add_argument("--eta", type=float, help="DDIM stochasticity: 0 deterministic, 1 ancestral")
+    images.add_argument("--inpaint", choices=sorted(MASKS), help="complete test images hidden by this mask")
+    images.add_argument("--resample", type=int, default=1, help="RePaint resampling rounds per inpainting step")
+    images.add_argument("--invert", action="store_true", help="invert test images to noise and regenerate them")
+    images.add_argument("--data.root", dest="data_root", help="where the test images are (default: as trained)")
     return parser.parse_args(argv)
 
 
@@ -66,14 +87,47 @@ def sample_text(model, options: argparse.Namespace) -> str:
     return "\n---\n".join("".join(vocab[i] for i in row.tolist()) for row in tokens)
 
 
+def sampler_arguments(model, options: argparse.Namespace) -> dict:
+    given = {k: getattr(options, k) for k in ("sampler", "steps", "eta") if getattr(options, k) is not None}
+    accepted = inspect.signature(model.sample).parameters
+    for key in given:
+        if key not in accepted:
+            raise ValueError(f"{type(model).__name__}.sample takes no --{key}; drop it")
+    return given
+
+
 def sample_images(model, options: argparse.Namespace) -> str:
-    if options.n < 1:
-        raise ValueError(f"--n must be at least 1, got {options.n}")
     torch.manual_seed(options.seed)
     with torch.no_grad():
-        images = model.sample(options.n).float().clamp(0, 1).cpu()
+        images = model.sample(options.n, **sampler_arguments(model, options)).float().clamp(0, 1).cpu()
     save_image(images, options.out, nrow=math.ceil(math.sqrt(options.n)))
     return f"{options.n} samples of {type(model).__name__} written to {options.out}"
+
+
+def test_images(model, options: argparse.Namespace, method: str) -> torch.Tensor:
+    name = type(model).__name__
+    if not hasattr(model, method) or not hasattr(model, "test_images"):
+        raise ValueError(f"{name} cannot {method}; --inpaint and --invert are for diffusion models")
+    return model.test_images(options.data_root)[: options.n].to(model.device)
+
+
+def inpaint_images(model, options: argparse.Namespace) -> str:
+    x = test_images(model, options, "inpaint")
+    mask = MASKS[options.inpaint](x.shape).to(x.device)
+    generator = torch.Generator(device=model.device).manual_seed(options.seed)
+    filled = model.inpaint(x, mask, steps=options.steps, resample=options.resample, generator=generator)
+    save_image(torch.cat([x, x * mask, filled]).cpu(), options.out, nrow=len(x))
+    return f"{len(x)} test images with a {options.inpaint} mask inpainted to {options.out} (rows: image, input, output)"
+
+
+def invert_images(model, options: argparse.Namespace) -> str:
+    x = test_images(model, options, "encode")
+    latents = model.encode(x, steps=options.steps)
+    back = model.decode(latents, steps=options.steps)
+    error = (back - x).pow(2).mean().item()
+    shown = ((latents / 3 + 1) / 2).clamp(0, 1)  # the latents are ~N(0, 1): +-3 sigma onto [0, 1]
+    save_image(torch.cat([x, shown, back]).cpu(), options.out, nrow=len(x))
+    return f"{len(x)} test images inverted and regenerated to {options.out}; reconstruction MSE {error:.2e}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(options.ckpt, map_location=options.device)
         if hasattr(model, "generate"):
             print(sample_text(model, options))
+        elif options.n < 1:
+            raise ValueError(f"--n must be at least 1, got {options.n}")
+        elif options.inpaint:
+            print(inpaint_images(model, options))
+        elif options.invert:
+            print(invert_images(model, options))
         elif hasattr(model, "sample"):
             print(sample_images(model, options))
         else:
