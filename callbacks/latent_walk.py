@@ -49,6 +49,7 @@ class LatentWalk(L.Callback):
       encode(x: (B, C, H, W) images in [0, 1]) -> (B, D) latent codes: the deterministic code used for walks
           (for a VAE, the posterior mean E_q[z|x]);
       decode(z: (B, D)) -> (B, C, H, W) images in [0, 1] (for a VAE, the decoder's mean image).
+    A code with more dimensions, (B, ...) (DDPM's DDIM-inverted noise image), is walked as a flat vector.
     Runs without a logger (scripts/benchmark.py) write nothing.
     """
 
@@ -79,7 +80,9 @@ class LatentWalk(L.Callback):
     def walks(self, pl_module: L.LightningModule, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The decoded walks as image batches, row by row, keyed by name; `images` are >= 2 * pairs test
         images, whose codes are the walks' starting points."""
-        codes = pl_module.encode(images)
+        encoded = pl_module.encode(images)
+        # Walk in flat vectors; a model whose code has a shape (a diffusion model's noise image) gets it back.
+        code_shape, codes = encoded.shape[1:], encoded.flatten(1)
         t = torch.linspace(0, 1, self.steps, device=codes.device)
         pairs = min(self.pairs, len(codes) // 2)
         starts, ends = codes[0 : 2 * pairs : 2], codes[1 : 2 * pairs : 2]
@@ -91,7 +94,7 @@ class LatentWalk(L.Callback):
         }
         if codes.shape[1] == 2:
             paths["plane"] = latent_plane(codes.min(0).values, codes.max(0).values, self.plane_side)
-        return {name: pl_module.decode(z) for name, z in paths.items()}
+        return {name: pl_module.decode(z.reshape(-1, *code_shape)) for name, z in paths.items()}
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -138,3 +138,17 @@ def test_fast_dev_run_with_the_config(data: list[str], data_root: Path, tmp_path
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test/loss" in result.stdout
+
+
+def test_latent_walk_through_ddim_inversion() -> None:
+    """The inverted noise images are the latents of LatentWalk: slerp endpoints regenerate the two images."""
+    from callbacks.latent_walk import LatentWalk
+
+    model = tiny(inversion_steps=4).eval()
+    torch.nn.init.normal_(model.denoiser.output[-1].weight, std=0.05)  # not the zero-initialised identity
+    images = torch.rand(4, 1, 28, 28)
+    walks = LatentWalk(pairs=2, steps=3).walks(model, images)
+    assert walks["slerp"].shape == (6, 1, 28, 28)
+    regenerated = model.decode(model.encode(images[:2]))
+    assert torch.allclose(walks["slerp"][0], regenerated[0], atol=1e-4)
+    assert torch.allclose(walks["slerp"][2], regenerated[1], atol=1e-4)
