@@ -68,11 +68,13 @@ class DDPM(L.LightningModule):
         sampler: Literal["ddpm", "ddim"] = "ddim",
         sample_steps: int = 50,
         eta: float = 0.0,
+        clip_denoised: bool = True,
         fid_classifier: str | None = None,
         fid_samples: int = 1000,
         fid_samplers: Sequence[str] = ("ddim50",),
         inversion_test_images: int = 0,
         inversion_steps: int = 100,
+        inversion_refine: int = 1,
         compile: bool = False,
     ) -> None:
         """
@@ -100,6 +102,8 @@ class DDPM(L.LightningModule):
             sampler: the default of `sample`: "ddpm" (ancestral, T steps) or "ddim".
             sample_steps: default number of DDIM steps.
             eta: default DDIM stochasticity (0 deterministic, 1 with every step = DDPM).
+            clip_denoised: clip each step's predicted x_0 to the image range [-1, 1] when sampling (as Ho et al.'s
+                and Song et al.'s code do); inversion never clips.
             fid_classifier: a classifier checkpoint (scripts/fit.py --model lenet5); when set, the test computes
                 the classifier FID of `fid_samples` samples per sampler in `fid_samplers` against the test set.
             fid_samples: samples drawn per sampler for the FID.
@@ -107,6 +111,8 @@ class DDPM(L.LightningModule):
             inversion_test_images: the test also inverts this many test images with DDIM and regenerates
                 them, logging the mean squared error in [0, 1] pixel units; 0 to skip.
             inversion_steps: DDIM steps of that inversion and of `encode`/`decode`.
+            inversion_refine: fixed-point iterations per inversion step (0 = plain DDIM inversion; each one
+                costs a network evaluation and makes decode(encode(x)) much closer to x).
             compile: wrap the denoiser in torch.compile.
         """
         super().__init__()
@@ -247,10 +253,11 @@ class DDPM(L.LightningModule):
         sampler, steps, eta = sampler or h.sampler, steps or h.sample_steps, h.eta if eta is None else eta
         eps_fn = self.eps_fn(self.labels(n, y))
         x_T = self.noise(n, generator)
+        clip = self.hparams.clip_denoised and not self.points
         if sampler == "ddpm":
-            x0 = ddpm_sample(eps_fn, self.schedule, x_T, generator)
+            x0 = ddpm_sample(eps_fn, self.schedule, x_T, generator, clip)
         elif sampler == "ddim":
-            x0 = ddim_sample(eps_fn, self.schedule, x_T, steps, eta, generator)
+            x0 = ddim_sample(eps_fn, self.schedule, x_T, steps, eta, generator, clip)
         else:
             raise ValueError(f"sampler {sampler!r} unknown; choose ddpm or ddim")
         return self.from_model(x0)
@@ -260,7 +267,8 @@ class DDPM(L.LightningModule):
         """DDIM inversion: the noise latent x_T from which deterministic DDIM regenerates x (images in [0, 1]).
         The latent is an image-shaped tensor; `decode` maps it back."""
         steps = steps or self.hparams.inversion_steps
-        return ddim_invert(self.eps_fn(self.labels(len(x), y)), self.schedule, self.to_model(x), steps)
+        eps_fn = self.eps_fn(self.labels(len(x), y))
+        return ddim_invert(eps_fn, self.schedule, self.to_model(x), steps, self.hparams.inversion_refine)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, steps: int | None = None, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -90,14 +90,27 @@ def batch_timestep(t: int, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
 
 
+def clipped_eps(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The noise implied by x_t and the predicted x_0 clipped to the data range [-1, 1] (the `clip_denoised` of
+    Ho et al.'s and Song et al.'s code): a step then never aims outside the images' range."""
+    x0 = predict_x0(x_t, eps, alpha_bar).clamp(-1, 1)
+    return (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+
+
 @torch.no_grad()
 def ddpm_sample(
-    eps_fn: EpsFn, schedule: NoiseSchedule, x_t: torch.Tensor, generator: torch.Generator | None = None
+    eps_fn: EpsFn,
+    schedule: NoiseSchedule,
+    x_t: torch.Tensor,
+    generator: torch.Generator | None = None,
+    clip_x0: bool = False,
 ) -> torch.Tensor:
     """Ancestral sampling, Ho et al. 2020, algorithm 2, from x_T down through all T steps, with the posterior
     variance beta-tilde_t (eq. 7) as sigma_t^2. No noise is added at the last step."""
     for t in reversed(range(schedule.timesteps)):
         eps = eps_fn(x_t, batch_timestep(t, x_t))
+        if clip_x0:
+            eps = clipped_eps(x_t, eps, schedule.alpha_bar[t])
         alpha, beta = 1 - schedule.betas[t], schedule.betas[t]
         mean = (x_t - beta / (1 - schedule.alpha_bar[t]).sqrt() * eps) / alpha.sqrt()
         if t > 0:
@@ -113,9 +126,12 @@ def ddim_step(
     alpha_bar_prev: torch.Tensor,
     eta: float,
     generator: torch.Generator | None = None,
+    clip_x0: bool = False,
 ) -> torch.Tensor:
     """One step of Song et al. 2021, eq. 12, from x_t to x_{t'} (t' < t); sigma from eq. 16 scaled by eta.
     eta = 0 is the deterministic DDIM; eta = 1 with every timestep is DDPM with sigma^2 = beta-tilde."""
+    if clip_x0:
+        eps = clipped_eps(x_t, eps, alpha_bar)
     x0 = predict_x0(x_t, eps, alpha_bar)
     if eta == 0:  # also where alpha-bar_t = 1 (inversion's first step), at which eq. 16 is 0/0
         return alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev).sqrt() * eps
@@ -133,25 +149,33 @@ def ddim_sample(
     steps: int,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
+    clip_x0: bool = False,
 ) -> torch.Tensor:
     """DDIM generation (Song et al. 2021, eq. 12) from x_T through `steps` evenly spaced timesteps."""
     for t, t_prev in timestep_pairs(schedule.timesteps, steps):
         alpha_bar, alpha_bar_prev = schedule.level(t), schedule.level(t_prev)
         eps = eps_fn(x_t, batch_timestep(t, x_t))
-        x_t = ddim_step(x_t, eps, alpha_bar, alpha_bar_prev, eta, generator)
+        x_t = ddim_step(x_t, eps, alpha_bar, alpha_bar_prev, eta, generator, clip_x0)
     return x_t
 
 
 @torch.no_grad()
-def ddim_invert(eps_fn: EpsFn, schedule: NoiseSchedule, x0: torch.Tensor, steps: int) -> torch.Tensor:
+def ddim_invert(
+    eps_fn: EpsFn, schedule: NoiseSchedule, x0: torch.Tensor, steps: int, refine: int = 0
+) -> torch.Tensor:
     """DDIM inversion: the deterministic ODE of eq. 12 (eta = 0) run forward, from the data x_0 to its noise
     latent x_T (Song et al. 2021, sec. 4.3 and eq. 14). Each step evaluates the noise at the current point and
-    the timestep it moves to; ddim_sample with the same steps maps the latent back, up to the discretisation."""
+    the timestep it moves to, so ddim_sample with the same steps maps the latent back up to the discretisation.
+    `refine` > 0 solves each step for the point whose own noise estimate leads back exactly (fixed-point
+    iterations, Pan et al. 2023), which removes most of that error at refine more evaluations per step."""
     x = x0
     for t, t_prev in reversed(timestep_pairs(schedule.timesteps, steps)):
         alpha_bar, alpha_bar_prev = schedule.level(t), schedule.level(t_prev)
-        eps = eps_fn(x, batch_timestep(t, x))
-        x = ddim_step(x, eps, alpha_bar_prev, alpha_bar, eta=0.0)
+        step = batch_timestep(t, x)
+        x_next = ddim_step(x, eps_fn(x, step), alpha_bar_prev, alpha_bar, eta=0.0)
+        for _ in range(refine):
+            x_next = ddim_step(x, eps_fn(x_next, step), alpha_bar_prev, alpha_bar, eta=0.0)
+        x = x_next
     return x
 
 

@@ -94,6 +94,10 @@ def test_ddim_with_eta_one_and_every_step_is_ancestral_ddpm() -> None:
     ddpm = ddpm_sample(eps_fn, schedule, x_T, generator=torch.Generator().manual_seed(7))
     ddim = ddim_sample(eps_fn, schedule, x_T, steps=1000, eta=1.0, generator=torch.Generator().manual_seed(7))
     assert torch.allclose(ddpm, ddim, atol=1e-4)
+    # Also with each step's predicted x_0 clipped to [-1, 1] (and the noise it implies).
+    clipped = ddpm_sample(eps_fn, schedule, x_T * 3, torch.Generator().manual_seed(7), clip_x0=True)
+    clipped_ddim = ddim_sample(eps_fn, schedule, x_T * 3, 1000, 1.0, torch.Generator().manual_seed(7), clip_x0=True)
+    assert torch.allclose(clipped, clipped_ddim, atol=1e-4)
     # A different seed gives a different sample: the noise draws are really used.
     other = ddim_sample(eps_fn, schedule, x_T, steps=1000, eta=1.0, generator=torch.Generator().manual_seed(8))
     assert not torch.allclose(ddpm, other, atol=1e-2)
@@ -156,3 +160,15 @@ def test_timestep_pairs() -> None:
     assert pairs == [(999, 749), (749, 500), (500, 250), (250, 0), (0, -1)]
     with pytest.raises(ValueError, match="between 1 and T"):
         timestep_pairs(1000, 0)
+
+
+def test_refined_inversion_is_closer_to_exact() -> None:
+    """Fixed-point refinement makes each inversion step the exact inverse of the generation step."""
+    schedule = NoiseSchedule("linear", 1000)
+    eps_fn = gaussian_eps(schedule, s=0.2)
+    x0 = torch.rand(4, 1, 6, 6, generator=torch.Generator().manual_seed(5)) * 2 - 1  # not from the model's data
+    errors = [
+        (ddim_sample(eps_fn, schedule, ddim_invert(eps_fn, schedule, x0, 20, refine), 20) - x0).pow(2).mean().item()
+        for refine in (0, 3)
+    ]
+    assert errors[1] < errors[0] / 100
