@@ -160,9 +160,7 @@ def ddim_sample(
 
 
 @torch.no_grad()
-def ddim_invert(
-    eps_fn: EpsFn, schedule: NoiseSchedule, x0: torch.Tensor, steps: int, refine: int = 0
-) -> torch.Tensor:
+def ddim_invert(eps_fn: EpsFn, schedule: NoiseSchedule, x0: torch.Tensor, steps: int, refine: int = 0) -> torch.Tensor:
     """DDIM inversion: the deterministic ODE of eq. 12 (eta = 0) run forward, from the data x_0 to its noise
     latent x_T (Song et al. 2021, sec. 4.3 and eq. 14). Each step evaluates the noise at the current point and
     the timestep it moves to, so ddim_sample with the same steps maps the latent back up to the discretisation.
