@@ -61,6 +61,7 @@ class Autoencoder(L.LightningModule):
         conv_channels: Sequence[int] = (32, 64),
         latent_dim: int = 3,
         loss: Literal["mse", "bce"] = "mse",
+        activation: str = "relu",
         lr: float = 1e-3,
     ) -> None:
         """
@@ -71,6 +72,7 @@ class Autoencoder(L.LightningModule):
             conv_channels: channels of the conv encoder's stride-2 layers (the decoder mirrors them).
             latent_dim: size of the code.
             loss: "mse" (squared error of the sigmoid output) or "bce" (binary cross-entropy on the logits).
+            activation: the nonlinearity between layers: relu, silu, elu or tanh.
             lr: Adam learning rate.
         """
         super().__init__()
@@ -79,8 +81,8 @@ class Autoencoder(L.LightningModule):
         if loss not in ("mse", "bce"):
             raise ValueError(f"--model.loss must be 'mse' or 'bce', got {loss!r}")
         self.save_hyperparameters()
-        self.encoder = make_encoder(network, image_shape, hidden_dims, conv_channels, latent_dim)
-        self.decoder = make_decoder(network, latent_dim, hidden_dims, conv_channels, image_shape)
+        self.encoder = make_encoder(network, image_shape, hidden_dims, conv_channels, latent_dim, activation)
+        self.decoder = make_decoder(network, latent_dim, hidden_dims, conv_channels, image_shape, activation)
         self.test_mse = MeanSquaredError()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,6 +138,7 @@ class DenoisingAutoencoder(Autoencoder):
         loss: Literal["mse", "bce"] = "mse",
         corruption: Literal["gaussian", "salt_and_pepper", "mask"] = "gaussian",
         noise_level: float = 0.5,
+        activation: str = "relu",
         lr: float = 1e-3,
     ) -> None:
         """
@@ -149,13 +152,14 @@ class DenoisingAutoencoder(Autoencoder):
             corruption: "gaussian" (additive noise of std `noise_level`, clipped to [0, 1]), "salt_and_pepper"
                 (a `noise_level` fraction of pixels set to 0 or 1) or "mask" (a `noise_level` fraction set to 0).
             noise_level: sigma of the Gaussian noise, or the fraction of pixels hit.
+            activation: the nonlinearity between layers: relu, silu, elu or tanh.
             lr: Adam learning rate.
         """
         if corruption not in CORRUPTIONS:
             raise ValueError(f"--model.corruption must be one of {', '.join(CORRUPTIONS)}, got {corruption!r}")
         if noise_level < 0 or (corruption != "gaussian" and noise_level > 1):
             raise ValueError(f"--model.noise_level must be >= 0 (and <= 1 for {corruption}), got {noise_level}")
-        super().__init__(image_shape, network, hidden_dims, conv_channels, latent_dim, loss, lr)
+        super().__init__(image_shape, network, hidden_dims, conv_channels, latent_dim, loss, activation, lr)
         self.save_hyperparameters()
         self.test_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.test_noisy_psnr = PeakSignalNoiseRatio(data_range=1.0)

@@ -70,6 +70,7 @@ class VAE(L.LightningModule):
         latent_dim: int = 20,
         conv_channels: Sequence[int] = (32, 64),
         decoder: Literal["bernoulli", "gaussian"] = "bernoulli",
+        activation: str = "relu",
         beta: float = 1.0,
         kl_warmup_steps: int = 0,
         iwae_samples: int = 1000,
@@ -87,6 +88,7 @@ class VAE(L.LightningModule):
             conv_channels: channels of the conv encoder's stride-2 layers (the decoder mirrors them).
             decoder: "bernoulli" (pixel logits, binary cross-entropy) or "gaussian" (pixel means and one
                 learned noise scale sigma, as in sigma-VAE, Rybkin et al. 2021).
+            activation: the nonlinearity between layers: relu, silu, elu or tanh.
             beta: weight of the KL term in the training loss (beta-VAE, Higgins et al. 2017); the logged
                 -ELBO always uses 1.
             kl_warmup_steps: the KL weight rises linearly from 0 to `beta` over this many optimiser steps
@@ -110,8 +112,8 @@ class VAE(L.LightningModule):
         self.save_hyperparameters()
         hidden = [hidden_dim]
         # One linear layer gives both (mu, logvar) of q(z|x): the same parameters as two heads.
-        self.encoder = make_encoder(network, image_shape, hidden, conv_channels, 2 * latent_dim)
-        self.decoder = make_decoder(network, latent_dim, hidden, conv_channels, image_shape)
+        self.encoder = make_encoder(network, image_shape, hidden, conv_channels, 2 * latent_dim, activation)
+        self.decoder = make_decoder(network, latent_dim, hidden, conv_channels, image_shape, activation)
         if decoder == "gaussian":
             self.log_sigma = nn.Parameter(torch.zeros(()))
         self.test_neg_elbo = MeanMetric()

@@ -121,6 +121,19 @@ def test_bad_options_are_value_errors():
         VAE(network="transformer")
     with pytest.raises(ValueError, match="too small"):
         VAE(image_shape=(1, 2, 2), network="conv", conv_channels=(4, 8))
+    with pytest.raises(ValueError, match="activation must be one of relu"):
+        VAE(activation="swish")
+
+
+@pytest.mark.parametrize("network", ["mlp", "conv"])
+def test_activation_flag_sets_every_nonlinearity(network):
+    model = VAE(
+        image_shape=(1, 8, 8), network=network, hidden_dim=8, latent_dim=2, conv_channels=(4,), activation="silu"
+    )
+    kinds = {type(m) for m in model.modules() if isinstance(m, torch.nn.SiLU | torch.nn.ReLU)}
+    assert kinds == {torch.nn.SiLU}
+    x = torch.rand(3, 1, 8, 8)
+    assert model.decode(model.encode(x)).shape == x.shape
 
 
 def test_conv_gaussian_vae_through_fit_writes_the_callback_images(data_root, tmp_path):

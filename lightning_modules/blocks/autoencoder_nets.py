@@ -9,13 +9,23 @@ import torch
 from torch import nn
 
 
-def mlp(widths: Sequence[int]) -> nn.Sequential:
-    """Linear layers of the given widths with ReLU between them and none after the last, which stays
-    linear: a code or logits, not a rectified activation."""
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU, "tanh": nn.Tanh}
+
+
+def activation_class(name: str) -> type[nn.Module]:
+    """The activation module class of a `--model.activation` name."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"--model.activation must be one of {', '.join(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]
+
+
+def mlp(widths: Sequence[int], activation: str = "relu") -> nn.Sequential:
+    """Linear layers of the given widths with the activation between them and none after the last, which
+    stays linear: a code or logits, not a rectified activation."""
     layers: list[nn.Module] = []
     for i, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
         if i > 0:
-            layers.append(nn.ReLU())
+            layers.append(activation_class(activation)())
         layers.append(nn.Linear(width_in, width_out))
     return nn.Sequential(*layers)
 
@@ -23,15 +33,18 @@ def mlp(widths: Sequence[int]) -> nn.Sequential:
 class MLPEncoder(nn.Module):
     """Image (B, C, H, W) -> flattened pixels -> hidden layers -> vector (B, out_dim)."""
 
-    def __init__(self, image_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int) -> None:
+    def __init__(
+        self, image_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int, activation: str = "relu"
+    ) -> None:
         """
         Args:
             image_shape: (C, H, W) of the input images.
             hidden_dims: widths of the hidden layers, input side first.
             out_dim: size of the output vector.
+            activation: the nonlinearity between layers (see ACTIVATIONS).
         """
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), mlp([math.prod(image_shape), *hidden_dims, out_dim]))
+        self.net = nn.Sequential(nn.Flatten(), mlp([math.prod(image_shape), *hidden_dims, out_dim], activation))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -40,15 +53,19 @@ class MLPEncoder(nn.Module):
 class MLPDecoder(nn.Module):
     """Vector (B, in_dim) -> hidden layers -> pixel logits (B, C, H, W)."""
 
-    def __init__(self, in_dim: int, hidden_dims: Sequence[int], image_shape: Sequence[int]) -> None:
+    def __init__(
+        self, in_dim: int, hidden_dims: Sequence[int], image_shape: Sequence[int], activation: str = "relu"
+    ) -> None:
         """
         Args:
             in_dim: size of the input vector (the latent dimension).
             hidden_dims: widths of the hidden layers, latent side first.
             image_shape: (C, H, W) of the output images.
+            activation: the nonlinearity between layers (see ACTIVATIONS).
         """
         super().__init__()
-        self.net = nn.Sequential(mlp([in_dim, *hidden_dims, math.prod(image_shape)]), nn.Unflatten(1, image_shape))
+        widths = [in_dim, *hidden_dims, math.prod(image_shape)]
+        self.net = nn.Sequential(mlp(widths, activation), nn.Unflatten(1, image_shape))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
@@ -66,12 +83,15 @@ def conv_sizes(image_shape: Sequence[int], depth: int) -> list[tuple[int, int]]:
 class ConvEncoder(nn.Module):
     """Strided convolutions halve the image `len(channels)` times, then a linear layer gives (B, out_dim)."""
 
-    def __init__(self, image_shape: Sequence[int], channels: Sequence[int], out_dim: int) -> None:
+    def __init__(
+        self, image_shape: Sequence[int], channels: Sequence[int], out_dim: int, activation: str = "relu"
+    ) -> None:
         """
         Args:
             image_shape: (C, H, W) of the input images.
             channels: output channels of each stride-2 convolution, input side first.
             out_dim: size of the output vector.
+            activation: the nonlinearity after each convolution (see ACTIVATIONS).
         """
         super().__init__()
         h, w = conv_sizes(image_shape, len(channels))[-1]
@@ -82,7 +102,7 @@ class ConvEncoder(nn.Module):
             )
         layers: list[nn.Module] = []
         for width_in, width_out in zip([image_shape[0], *channels[:-1]], channels, strict=True):
-            layers += [nn.Conv2d(width_in, width_out, 4, stride=2, padding=1), nn.ReLU()]
+            layers += [nn.Conv2d(width_in, width_out, 4, stride=2, padding=1), activation_class(activation)()]
         self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels[-1] * h * w, out_dim))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -93,19 +113,23 @@ class ConvDecoder(nn.Module):
     """The mirror of ConvEncoder: a linear layer to the smallest feature map, then transposed convolutions
     that double it back to exactly (H, W) (odd sizes included, through `output_size`), giving pixel logits."""
 
-    def __init__(self, in_dim: int, channels: Sequence[int], image_shape: Sequence[int]) -> None:
+    def __init__(
+        self, in_dim: int, channels: Sequence[int], image_shape: Sequence[int], activation: str = "relu"
+    ) -> None:
         """
         Args:
             in_dim: size of the input vector (the latent dimension).
             channels: channels of each feature map, smallest map first (the encoder's list reversed).
             image_shape: (C, H, W) of the output images.
+            activation: the nonlinearity between layers (see ACTIVATIONS).
         """
         super().__init__()
         # The encoder's feature-map sizes, largest first; the decoder walks them back up.
         self.sizes = conv_sizes(image_shape, len(channels))[::-1]
         self.channels = list(channels)
         h, w = self.sizes[0]
-        self.project = nn.Sequential(nn.Linear(in_dim, channels[0] * h * w), nn.ReLU())
+        self.activation = activation_class(activation)()
+        self.project = nn.Sequential(nn.Linear(in_dim, channels[0] * h * w), self.activation)
         widths = [*channels, image_shape[0]]
         self.up = nn.ModuleList(
             nn.ConvTranspose2d(widths[i], widths[i + 1], 4, stride=2, padding=1) for i in range(len(channels))
@@ -117,27 +141,37 @@ class ConvDecoder(nn.Module):
         for i, layer in enumerate(self.up):
             x = layer(x, output_size=self.sizes[i + 1])
             if i < len(self.up) - 1:
-                x = torch.relu(x)
+                x = self.activation(x)
         return x
 
 
 def make_encoder(
-    network: str, image_shape: Sequence[int], hidden_dims: Sequence[int], conv_channels: Sequence[int], out_dim: int
+    network: str,
+    image_shape: Sequence[int],
+    hidden_dims: Sequence[int],
+    conv_channels: Sequence[int],
+    out_dim: int,
+    activation: str = "relu",
 ) -> nn.Module:
     """The MLP or the convolutional encoder, by name."""
     if network == "mlp":
-        return MLPEncoder(image_shape, hidden_dims, out_dim)
+        return MLPEncoder(image_shape, hidden_dims, out_dim, activation)
     if network == "conv":
-        return ConvEncoder(image_shape, conv_channels, out_dim)
+        return ConvEncoder(image_shape, conv_channels, out_dim, activation)
     raise ValueError(f"--model.network must be 'mlp' or 'conv', got {network!r}")
 
 
 def make_decoder(
-    network: str, latent_dim: int, hidden_dims: Sequence[int], conv_channels: Sequence[int], image_shape: Sequence[int]
+    network: str,
+    latent_dim: int,
+    hidden_dims: Sequence[int],
+    conv_channels: Sequence[int],
+    image_shape: Sequence[int],
+    activation: str = "relu",
 ) -> nn.Module:
     """The mirror of `make_encoder`: the same widths in reverse order."""
     if network == "mlp":
-        return MLPDecoder(latent_dim, list(hidden_dims)[::-1], image_shape)
+        return MLPDecoder(latent_dim, list(hidden_dims)[::-1], image_shape, activation)
     if network == "conv":
-        return ConvDecoder(latent_dim, list(conv_channels)[::-1], image_shape)
+        return ConvDecoder(latent_dim, list(conv_channels)[::-1], image_shape, activation)
     raise ValueError(f"--model.network must be 'mlp' or 'conv', got {network!r}")
