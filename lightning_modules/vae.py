@@ -13,6 +13,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_modules.blocks.autoencoder_nets import make_decoder, make_encoder
+from lightning_modules.step_logging import writes_step_metrics
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -183,10 +184,10 @@ class VAE(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         reconstruction, kl = self.elbo_terms(batch[0])
         loss = (reconstruction + self.kl_weight() * kl).mean()
-        self.log("train/loss", loss, prog_bar=True)
-        # Lightning writes step metrics only every log_every_n_steps; each self.log costs bookkeeping at
-        # every step, so the diagnostics are logged only at the steps that are written.
-        if self.trainer.log_every_n_steps and self.global_step % self.trainer.log_every_n_steps == 0:
+        # A step of this model takes a few milliseconds, and a self.log call a good part of one: log only
+        # at the steps the logger writes (the progress bar's loss then changes every log_every_n_steps).
+        if writes_step_metrics(self.trainer):
+            self.log("train/loss", loss, prog_bar=True)
             self.log_dict({"train/neg_elbo_nats": (reconstruction + kl).mean(), "train/kl_nats": kl.mean()})
         return loss
 

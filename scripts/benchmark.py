@@ -24,6 +24,7 @@ import json
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -98,6 +99,11 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--json", metavar="PATH", help="also write the row as one JSON object")
     parser.add_argument("--save-checkpoint", metavar="PATH", help="also save the trained model (for sample.py)")
     parser.add_argument(
+        "--resume",
+        metavar="CKPT",
+        help="continue training from a checkpoint (e.g. one --save-checkpoint wrote); --epochs counts from zero",
+    )
+    parser.add_argument(
         "--model-only-steps",
         type=int,
         metavar="N",
@@ -106,6 +112,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     options, extra = parser.parse_known_args(argv)
     if options.model_only_steps is not None and options.model_only_steps < 1:
         parser.error(f"--model-only-steps must be a positive number of steps, got {options.model_only_steps}")
+    if options.resume is not None and not Path(options.resume).is_file():
+        parser.error(f"--resume: checkpoint {options.resume} not found; pass a .ckpt file that exists")
     return options, extra
 
 
@@ -135,7 +143,7 @@ def run(options: argparse.Namespace, extra: list[str]) -> dict:
     cli = ZooCLI(name, args, extra_callbacks=[throughput])
     model, trainer = cli.model, cli.trainer
     started = time.perf_counter()
-    trainer.fit(model, datamodule=cli.datamodule)
+    trainer.fit(model, datamodule=cli.datamodule, ckpt_path=options.resume)
     seconds = time.perf_counter() - started
     results = {k: v for r in trainer.test(model, datamodule=cli.datamodule, verbose=False) for k, v in r.items()}
     if options.save_checkpoint:

@@ -38,3 +38,18 @@ def test_model_only_throughput_is_reported(data_root, tmp_path):
     assert row["model_only_per_s"] > 0
     assert row["epoch_to_model_only_ratio"] == round(row["samples_per_s"] / row["model_only_per_s"], 3)
     assert not list(tmp_path.glob("**/*.png"))  # no logger, so the image callbacks write nothing
+
+
+def test_resume_continues_from_a_saved_checkpoint(data_root, tmp_path):
+    def benchmark(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "ae", "--data.root", str(data_root),
+                   "--data.batch_size", "16", *args]  # fmt: skip
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    first = benchmark("--steps", "2", "--save-checkpoint", "first.ckpt")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = benchmark("--steps", "5", "--resume", "first.ckpt", "--json", "row.json")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "row.json").read_text())["steps"] == 5
+    missing = benchmark("--steps", "5", "--resume", "nowhere.ckpt")
+    assert missing.returncode != 0 and "checkpoint nowhere.ckpt not found" in missing.stderr.splitlines()[-1]

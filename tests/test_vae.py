@@ -165,3 +165,24 @@ def test_cosine_decay_anneals_the_learning_rate_to_zero():
     assert trainer.global_step == 8
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert VAE(image_shape=(1, 8, 8), cosine_decay=False).configure_optimizers().param_groups[0]["lr"] == 1e-3
+
+
+def test_written_training_metrics_come_from_the_step_they_are_written_at(tmp_path):
+    """The VAE logs its step metrics only at the steps the logger writes; with beta 1 and no warm-up the
+    loss and -ELBO are the same number, so a value logged at another step would show as a mismatch."""
+    import csv
+
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    images = torch.rand(64, 1, 8, 8)
+    model = VAE(image_shape=(1, 8, 8), hidden_dim=8, latent_dim=2, lr=0.01, iwae_samples=0)
+    logger = CSVLogger(tmp_path, name="vae")
+    trainer = L.Trainer(max_steps=12, log_every_n_steps=3, logger=logger, limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False)  # fmt: skip
+    trainer.fit(model, DataLoader(list(zip(images, torch.zeros(64), strict=True)), batch_size=4))
+    with open(f"{logger.log_dir}/metrics.csv") as file:
+        rows = [row for row in csv.DictReader(file) if row.get("train/loss")]
+    assert [int(row["step"]) for row in rows] == [2, 5, 8, 11]
+    for row in rows:
+        assert float(row["train/loss"]) == pytest.approx(float(row["train/neg_elbo_nats"]), rel=1e-6)
