@@ -3,7 +3,7 @@
 
     python scripts/benchmark.py MODEL [--epochs N | --steps N | --seconds S] [--data.root DIR]
                                       [--device cpu|cuda] [--json PATH] [--model-only-steps N]
-                                      [other fit.py flags]
+                                      [--save-checkpoint PATH] [--resume CKPT] [other fit.py flags]
 
 The run is the one `scripts/fit.py --model MODEL` makes (configs/MODEL.yaml), with the budget, the
 device and any extra flag on top, no logger and no checkpoint. It is the only place where quality
@@ -12,6 +12,11 @@ and speed are measured; the tests never assert on time.
 `--model-only-steps N` also times N training steps of the model alone on one batch already on the device
 (forward, backward, optimiser step; no data loading, no Lightning loop, no logging) and reports their
 throughput and the ratio of the full epochs' throughput to it: near 1, the run is not data-bound.
+
+`--save-checkpoint PATH` keeps the trained model (for sample.py and evaluate.py); `--resume CKPT` trains on
+from such a checkpoint, with `--epochs`/`--steps` counted from the start of the first run. A checkpoint saved
+after training holds the EMA weights as the raw ones (Lightning's EMAWeightAveraging copies the average into
+the model when training ends), so a resumed EMA run continues from the averaged weights.
 
 A model can say how it is measured with two optional class attributes and one method:
   benchmark_metric = "test/neg_elbo_nats"   the logged test metric that is the model's figure
