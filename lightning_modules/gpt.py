@@ -1,9 +1,10 @@
 """Decoder-only transformer language model (GPT, Radford et al. 2018) on characters: token and learned
-position embeddings, pre-norm blocks of causal self-attention and a GELU MLP (Vaswani et al. 2017, with
+position embeddings (or rotary ones, a flag), pre-norm blocks of causal self-attention and a GELU MLP (Vaswani et al. 2017, with
 the norm moved before each sub-layer as in GPT-2), a final LayerNorm and an output head tied to the token
 embedding. Trained on next-character cross-entropy, reported in nats and bits per character."""
 
 import math
+from typing import Literal
 
 import lightning as L
 import torch
@@ -32,6 +33,21 @@ class KVCache:
         return k, v
 
 
+def rotary_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the angles m * theta_i, theta_i = base^(-2i/d), for the rotary position embedding
+    (Su et al. 2021, eq. 15); each (T, head_dim / 2)."""
+    theta = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[:, None] * theta
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x_2i, x_2i+1) of the last dimension by its angle (Su et al. 2021, eq. 34), so that a
+    query at position m and a key at position n meet through a rotation by (n - m) only: relative position."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2).type_as(x)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head attention softmax(QK^T / sqrt(d_k)) V (Vaswani et al. 2017, eq. 1) where position t sees
     positions <= t only, through PyTorch's fused `scaled_dot_product_attention`."""
@@ -43,9 +59,13 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.proj_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rotary: tuple | None = None
+    ) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
+        if rotary is not None:  # before the cache: cached keys keep the rotation of their own position
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         if cache is not None:
             k, v = cache.extend(layer, k, v)
         past = k.shape[2] - t
@@ -74,8 +94,10 @@ class Block(nn.Module):
             nn.Dropout(dropout),
         )
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rotary: tuple | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, rotary)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -83,12 +105,21 @@ class Transformer(nn.Module):
     """Token ids (B, T) -> next-token logits (B, T, vocab)."""
 
     def __init__(
-        self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, dropout: float, bias: bool
+        self,
+        vocab_size: int,
+        block_size: int,
+        n_layer: int,
+        n_head: int,
+        n_embd: int,
+        dropout: float,
+        bias: bool,
+        position: Literal["learned", "rope"] = "learned",
     ) -> None:
         super().__init__()
-        self.block_size = block_size
+        self.block_size, self.head_dim = block_size, n_embd // n_head
         self.token_embedding = nn.Embedding(vocab_size, n_embd)
-        self.position_embedding = nn.Embedding(block_size, n_embd)
+        # GPT-2's learned absolute positions, or none here and rotary ones inside attention.
+        self.position_embedding = nn.Embedding(block_size, n_embd) if position == "learned" else None
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(n_embd, n_head, dropout, bias) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(n_embd, bias=bias)
@@ -114,9 +145,15 @@ class Transformer(nn.Module):
         if start + idx.shape[1] > self.block_size:
             raise ValueError(f"{start + idx.shape[1]} tokens exceed the model's context of {self.block_size}")
         positions = torch.arange(start, start + idx.shape[1], device=idx.device)
-        x = self.dropout(self.token_embedding(idx) + self.position_embedding(positions))
+        x = self.token_embedding(idx)
+        rotary = None
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(positions)
+        else:
+            rotary = rotary_angles(positions, self.head_dim)
+        x = self.dropout(x)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
+            x = block(x, cache, layer, rotary)
         return self.head(self.ln_f(x))
 
 
@@ -158,6 +195,7 @@ class GPT(L.LightningModule):
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.99),
         compile: bool = False,
+        position: Literal["learned", "rope"] = "learned",
     ) -> None:
         """
         Args:
@@ -175,6 +213,8 @@ class GPT(L.LightningModule):
             weight_decay: AdamW decoupled weight decay, applied to weight matrices and embeddings only.
             betas: AdamW's (beta1, beta2).
             compile: run the transformer through torch.compile.
+            position: "learned" absolute position embeddings (GPT-2) or "rope", rotary embeddings of the
+                queries and keys (Su et al. 2021).
         """
         super().__init__()
         if vocab_size is None:
@@ -182,7 +222,13 @@ class GPT(L.LightningModule):
         if n_embd % n_head:
             raise ValueError(f"--model.n_embd {n_embd} must be a multiple of --model.n_head {n_head}")
         self.save_hyperparameters()
-        self.transformer = Transformer(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias)
+        if position not in ("learned", "rope"):
+            raise ValueError(f"--model.position must be learned or rope, got {position!r}")
+        if position == "rope" and (n_embd // n_head) % 2:
+            raise ValueError(
+                f"--model.position rope needs an even head width, got n_embd / n_head = {n_embd // n_head}"
+            )
+        self.transformer = Transformer(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias, position)
         if compile:
             self.transformer.compile()  # in place: the state_dict keys stay those of the plain model
         self.val_nll = torchmetrics.MeanMetric()

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from callbacks.text_samples import TextSamples
 from conftest import run_fit
 from datamodules import TextDataModule
-from lightning_modules.gpt import GPT, KVCache, next_token_nll, warmup_cosine
+from lightning_modules.gpt import GPT, KVCache, next_token_nll, rotary_angles, rotate, warmup_cosine
 
 TINY = dict(block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 
@@ -20,8 +20,9 @@ def tiny_gpt(vocab_size: int = 11, **overrides) -> GPT:
     return GPT(vocab_size=vocab_size, **{**TINY, **overrides}).eval()
 
 
-def test_changing_token_t_never_changes_earlier_logits():
-    model = tiny_gpt()
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_changing_token_t_never_changes_earlier_logits(position):
+    model = tiny_gpt(position=position)
     idx = torch.randint(0, 11, (3, 16))
     for t in (0, 5, 15):
         changed = idx.clone()
@@ -31,8 +32,9 @@ def test_changing_token_t_never_changes_earlier_logits():
         assert not torch.allclose(after[:, t], before[:, t])  # position t itself does see its token
 
 
-def test_cached_logits_equal_full_recomputation():
-    model = tiny_gpt().double()
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_cached_logits_equal_full_recomputation(position):
+    model = tiny_gpt(position=position).double()
     idx = torch.randint(0, 11, (2, 16))
     full = model(idx)
     cache = KVCache(TINY["n_layer"])
@@ -40,6 +42,32 @@ def test_cached_logits_equal_full_recomputation():
     chunks.append(model.transformer(idx[:, 5:8], cache))
     chunks += [model.transformer(idx[:, t : t + 1], cache) for t in range(8, 16)]
     torch.testing.assert_close(torch.cat(chunks, dim=1), full)
+
+
+def test_rotary_scores_depend_on_relative_position_only():
+    """q_m . k_n after rotation equals the same pair shifted by s (Su et al. 2021, eq. 16), and the rotation
+    keeps lengths; checked against a 2-D rotation matrix built by hand for the first pair."""
+    q, k = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    positions = torch.arange(20)
+    cos, sin = (a.double() for a in rotary_angles(positions, 8))
+
+    def score(m: int, n: int) -> torch.Tensor:
+        return rotate(q, cos[m], sin[m]) @ rotate(k, cos[n], sin[n])
+
+    torch.testing.assert_close(score(3, 1), score(15, 13))
+    torch.testing.assert_close(score(0, 7), score(9, 16))
+    torch.testing.assert_close(rotate(q, cos[5], sin[5]).norm(), q.norm())
+    angle = torch.tensor(5.0, dtype=torch.float64)  # theta_0 = 1, so the first pair turns by m radians
+    turn = torch.stack([torch.stack([angle.cos(), -angle.sin()]), torch.stack([angle.sin(), angle.cos()])])
+    torch.testing.assert_close(rotate(q, cos[5], sin[5])[:2], turn @ q[:2])
+
+
+def test_position_flag_is_checked():
+    assert tiny_gpt(position="rope").transformer.position_embedding is None
+    with pytest.raises(ValueError, match="learned or rope"):
+        tiny_gpt(position="sinusoid")
+    with pytest.raises(ValueError, match="even head width"):
+        GPT(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=6, position="rope")
 
 
 def test_greedy_generation_with_cache_equals_recomputation():
