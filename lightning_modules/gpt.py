@@ -1,7 +1,8 @@
 """Decoder-only transformer language model (GPT, Radford et al. 2018) on characters: token and learned
-position embeddings (or rotary ones, a flag), pre-norm blocks of causal self-attention and a GELU MLP (Vaswani et al. 2017, with
-the norm moved before each sub-layer as in GPT-2), a final LayerNorm and an output head tied to the token
-embedding. Trained on next-character cross-entropy, reported in nats and bits per character."""
+position embeddings (or rotary ones, a flag), pre-norm blocks of causal self-attention and a GELU MLP
+(Vaswani et al. 2017, with the norm moved before each sub-layer as in GPT-2), a final LayerNorm and an
+output head tied to the token embedding. Trained on next-character cross-entropy, reported in nats and
+bits per character."""
 
 import math
 from typing import Literal
@@ -33,7 +34,10 @@ class KVCache:
         return k, v
 
 
-def rotary_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+Rotary = tuple[torch.Tensor, torch.Tensor]  # cos and sin of the rotary angles, each (T, head_dim / 2)
+
+
+def rotary_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> Rotary:
     """cos and sin of the angles m * theta_i, theta_i = base^(-2i/d), for the rotary position embedding
     (Su et al. 2021, eq. 15); each (T, head_dim / 2)."""
     theta = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
@@ -60,7 +64,7 @@ class CausalSelfAttention(nn.Module):
         self.proj_dropout = nn.Dropout(dropout)
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rotary: tuple | None = None
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rotary: Rotary | None = None
     ) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
@@ -95,7 +99,7 @@ class Block(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rotary: tuple | None = None
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rotary: Rotary | None = None
     ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer, rotary)
         return x + self.mlp(self.ln_2(x))

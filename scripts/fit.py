@@ -97,11 +97,12 @@ def condense(message: str, args: list[str]) -> str:
     details = [re.sub(r"Problem with given class_path '([^']+)':", r"\1:", line) for line in details]
     details = [re.sub(r"NestedArg\(key='([^']+)', val='([^']*)'\)", r"\1=\2", line) for line in details]
     text = " ".join(details) if details else message.strip()
-    if key:
-        return f"--{key.group(1)}: {text}"
-    option = re.search(r"Option '([^']+)'", text)
-    flags = [a.split("=")[0] for a in args if option and re.fullmatch(rf"--[\w.]+\.{option.group(1)}(=.*)?", a)]
-    return f"{flags[0]}: {text}" if flags else text
+    # jsonargparse names the option without its group ("decoder"); name the flag as it was typed instead.
+    option = key.group(1) if key else (found.group(1) if (found := re.search(r"Option '([^']+)'", text)) else None)
+    flags = [a.split("=")[0] for a in args if option and re.fullmatch(rf"--[\w.]+\.{re.escape(option)}(=.*)?", a)]
+    if flags:
+        return f"{flags[0]}: {text}"
+    return f"--{option}: {text}" if key else text
 
 
 class OneLineErrorParser(LightningArgumentParser):

@@ -167,3 +167,8 @@ def test_ddp_two_cpu_processes(data_root, tmp_path):
     # 108 training images (120 less 10% validation) shared by 2 processes, batches of 16 with drop_last:
     # 3 steps each; one process alone would take 6.
     assert checkpoint["global_step"] == (N_TRAIN - N_TRAIN // 10) // 2 // 16 == 3
+
+
+def test_a_value_outside_the_choices_names_the_flag_as_typed(tmp_path):
+    line = last_line_error(run_fit("--model", "vae", *FAST, "--model.decoder", "poisson", cwd=tmp_path))
+    assert "--model.decoder: " in line and "bernoulli" in line and "poisson" in line
