@@ -16,21 +16,12 @@ def is_due(trainer: L.Trainer, every_n_epochs: int) -> bool:
 
 
 def first_test_images(trainer: L.Trainer, pl_module: L.LightningModule, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `n` test images and labels, on the model's device and normalised as in training: the
-    DataModule's own transfer hooks run, so images arrive as float32 in [0, 1] like every batch."""
+    """The first `n` test images and labels on the model's device, as a test step sees them (float32 in
+    [0, 1], not augmented): the DataModule's `batch`."""
     datamodule = trainer.datamodule
-    if datamodule is None:
-        raise ValueError("the image callbacks need a DataModule with a test_dataloader; pass one to fit")
-    images, labels = [], []
-    for batch in datamodule.test_dataloader():
-        batch = datamodule.on_before_batch_transfer(batch, 0)
-        batch = datamodule.transfer_batch_to_device(batch, pl_module.device, 0)
-        batch = datamodule.on_after_batch_transfer(batch, 0)
-        images.append(batch[0])
-        labels.append(batch[1])
-        if sum(len(x) for x in images) >= n:
-            break
-    return torch.cat(images)[:n], torch.cat(labels)[:n]
+    if not callable(getattr(datamodule, "batch", None)):
+        raise ValueError("the image callbacks need an image DataModule (one with batch()); pass one to fit")
+    return datamodule.batch("test", n, pl_module.device)
 
 
 def output_folder(trainer: L.Trainer, name: str) -> Path | None:

@@ -1,9 +1,13 @@
 """In-memory tensors served a batch at a time: no per-sample Python in the loading hot path."""
 
 from collections.abc import Sequence
+from typing import Literal
 
+import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+Split = Literal["train", "val", "test"]
 
 
 class TensorBatches(Dataset):
@@ -63,6 +67,62 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, train: bool
         # (which creates its iterators in another order) would see different model noise.
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+class InMemoryDataModule(L.LightningDataModule):
+    """Base of the DataModules whose splits are in-memory datasets, set by `setup` as `train_set`, `val_set`
+    and `test_set` (a module without a test split serves its validation split as the test one). It owns the
+    loaders and `batch`, the one way for anything outside the training loop to get data as a step sees it."""
+
+    batch_size: int
+    num_workers: int = 0
+    train_set: Dataset | None = None
+    val_set: Dataset | None = None
+    test_set: Dataset | None = None
+
+    def dataset(self, split: Split) -> Dataset:
+        """The dataset of a split, set up on first use."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, got {split!r}")
+        if self.train_set is None:
+            self.setup("fit" if split != "test" else "test")
+        chosen = getattr(self, f"{split}_set")
+        return chosen if chosen is not None else self.val_set
+
+    def loader(self, split: Split, shuffle: bool) -> DataLoader:
+        return make_loader(self.dataset(split), self.batch_size, self.num_workers, train=shuffle)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test", shuffle=False)
+
+    def prepare_batch(self, batch, augment: bool):
+        """What the model receives for a collated batch already on its device (e.g. uint8 images to floats in
+        [0, 1], plus augmentation when `augment`). The default hands the batch over unchanged."""
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        return self.prepare_batch(batch, augment=self.trainer is not None and self.trainer.training)
+
+    def batch(self, split: Split = "test", n: int | None = None, device: torch.device | str = "cpu") -> tuple:
+        """The first `n` examples of a split (default one loader batch), in order, on `device`, as a
+        validation or test step sees them: through the loader, the transfer to the device and
+        `prepare_batch`, without augmentation. Each element of the tuple is concatenated over batches."""
+        wanted = self.batch_size if n is None else n
+        if wanted < 1:
+            raise ValueError(f"ask for at least one example, got n={wanted}")
+        parts = []
+        for raw in self.loader(split, shuffle=False):
+            moved = self.transfer_batch_to_device(self.on_before_batch_transfer(raw, 0), torch.device(device), 0)
+            parts.append(self.prepare_batch(moved, augment=False))
+            if sum(len(part[0]) for part in parts) >= wanted:
+                break
+        return tuple(torch.cat(column)[:wanted] for column in zip(*parts, strict=True))
 
 
 def random_hflip(images: torch.Tensor) -> torch.Tensor:

@@ -5,13 +5,12 @@ import pickle
 from pathlib import Path
 from typing import ClassVar
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from datamodules.batches import TensorBatches, make_loader, random_crop, random_hflip
+from datamodules.batches import InMemoryDataModule, TensorBatches, random_crop, random_hflip
 from datamodules.sources import (
     DataError,
     fit_shape,
@@ -24,7 +23,7 @@ from datamodules.sources import (
 EMBEDDED = "embedded_digits"
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(InMemoryDataModule):
     """Base of the image DataModules. A subclass says where its files live and how to read them."""
 
     name: ClassVar[str]
@@ -151,19 +150,10 @@ class ImageDataModule(L.LightningDataModule):
             raise DataError(f"{self.name} files in {self.folder()} hold malformed arrays; download them again")
         return images, labels
 
-    def train_dataloader(self) -> DataLoader:
-        return make_loader(self.train_set, self.batch_size, self.num_workers, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return make_loader(self.val_set, self.batch_size, self.num_workers, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return make_loader(self.test_set, self.batch_size, self.num_workers, train=False)
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+    def prepare_batch(self, batch, augment: bool):
         images, labels = batch
         images = images.float().div_(255.0)
-        if self.trainer is not None and self.trainer.training:
+        if augment:
             if self.hparams.hflip:
                 images = random_hflip(images)
             images = random_crop(images, self.hparams.crop_padding)

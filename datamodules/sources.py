@@ -17,7 +17,7 @@ class DataError(ValueError):
 
 
 def resolve_root(root: str | os.PathLike | None) -> Path:
-    """`--data.root`, else $LIGHTNING_ZOO_DATA, else ./data (DESIGN.md, Data)."""
+    """`--data.root`, else $LIGHTNING_ZOO_DATA, else ./data."""
     if root is not None:
         return Path(root).expanduser()
     return Path(os.environ.get(ENV_ROOT) or "data").expanduser()
@@ -36,7 +36,7 @@ def quiet_download(download) -> bool:
 
 
 def warn_fallback(dataset: str, folder: Path, expected: str) -> None:
-    """The one loud line of DESIGN.md: a run that silently trained on other data would mislead."""
+    """One loud line: a run that silently trained on other data would mislead."""
     rank_zero_warn(
         f"FALLBACK: {dataset} not found in {folder} ({expected}) and it could not be downloaded; "
         "training on the embedded scikit-learn digits instead. "

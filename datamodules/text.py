@@ -4,13 +4,12 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from datamodules.batches import make_loader
+from datamodules.batches import InMemoryDataModule
 from datamodules.sources import DataError, resolve_root
 
 DEFAULT_FILE = Path("text") / "1984.txt"
@@ -50,7 +49,7 @@ def stdlib_corpus(limit: int = FALLBACK_BYTES) -> str:
     return "".join(parts)[:limit]
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(InMemoryDataModule):
     """Char-level language-modelling data. The last `val_fraction` of the file is the validation (and
     test) text, as in nanoGPT, so losses compare with its figures. The vocabulary is saved in the
     checkpoint (`state_dict`), so sampling needs no data file."""
@@ -164,15 +163,6 @@ class TextDataModule(L.LightningDataModule):
         self.train_set = CharWindows(ids[:n_train], block, stride=1)
         self.val_set = CharWindows(ids[n_train:], block, stride=block)
         self.save_hyperparameters({**self.hparams, "data_source": self.data_source})
-
-    def train_dataloader(self) -> DataLoader:
-        return make_loader(self.train_set, self.batch_size, self.num_workers, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return make_loader(self.val_set, self.batch_size, self.num_workers, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
 
     def state_dict(self) -> dict[str, Any]:
         return {"vocab": self.vocab}

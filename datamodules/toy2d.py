@@ -3,11 +3,9 @@
 import math
 from typing import Literal
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
-from datamodules.batches import TensorBatches, make_loader
+from datamodules.batches import InMemoryDataModule, TensorBatches
 
 ToyName = Literal["moons", "swiss_roll", "8gaussians", "checkerboard", "rings"]
 
@@ -48,7 +46,7 @@ def sample_toy2d(name: ToyName, n: int, generator: torch.Generator, noise: float
     return (x + std * randn(n, 2)).float(), label
 
 
-class Toy2DDataModule(L.LightningDataModule):
+class Toy2DDataModule(InMemoryDataModule):
     """Points from a toy 2-D distribution; train, validation and test sets drawn with fixed seeds."""
 
     data_dim = 2
@@ -88,12 +86,3 @@ class Toy2DDataModule(L.LightningDataModule):
             *sample_toy2d(h.name, n, torch.Generator().manual_seed(h.seed + offset), h.noise)
         )
         self.train_set, self.val_set, self.test_set = draw(h.n_train, 0), draw(h.n_val, 1), draw(h.n_test, 2)
-
-    def train_dataloader(self) -> DataLoader:
-        return make_loader(self.train_set, self.batch_size, self.num_workers, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return make_loader(self.val_set, self.batch_size, self.num_workers, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return make_loader(self.test_set, self.batch_size, self.num_workers, train=False)

@@ -1,6 +1,6 @@
 """Quality metrics shared by families. The offline FID: torchmetrics' `FrechetInceptionDistance` over the
 penultimate-layer features of the project's own MNIST-family classifier (Inception weights cannot be
-downloaded offline), and over Inception-v3 features as well when a weights file is at hand (DESIGN.md, FID).
+downloaded offline), and over Inception-v3 features as well when a weights file is at hand.
 
     fid = ClassifierFID("runs/fid/lenet5_mnist.ckpt")
     fid.set_real(test_images, cache_key="mnist-test")  # float (N, C, H, W) in [0, 1]
@@ -109,7 +109,9 @@ class ClassifierFeatures(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> "ClassifierFeatures":
         """The features of the ImageClassifier saved in `path` by scripts/fit.py."""
-        from lightning_modules.classifier import ImageClassifier  # the classifier module is large; load on use
+        from lightning_modules.classifiers.classifier import (
+            ImageClassifier,  # the classifier module is large; load on use
+        )
 
         if not Path(path).is_file():
             raise FileNotFoundError(

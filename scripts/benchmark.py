@@ -54,14 +54,6 @@ class Throughput(L.Callback):
         self.count += counter(batch) if counter else len(batch[0])
 
 
-def preloaded_batch(datamodule: L.LightningDataModule, device: torch.device):
-    """The first training batch, through the DataModule's own transfer hooks, as a training step sees it."""
-    batch = next(iter(datamodule.train_dataloader()))
-    batch = datamodule.on_before_batch_transfer(batch, 0)
-    batch = datamodule.transfer_batch_to_device(batch, device, 0)
-    return datamodule.on_after_batch_transfer(batch, 0)
-
-
 def model_only_throughput(
     model: L.LightningModule, trainer: L.Trainer, datamodule: L.LightningDataModule, steps: int, warmup: int = 5
 ) -> float:
@@ -70,7 +62,7 @@ def model_only_throughput(
     for the measure (self.log needs Lightning's loop); the clock is read once, after a device sync."""
     if not model.automatic_optimization:
         raise ValueError("--model-only-steps needs a model with automatic optimisation; drop the flag")
-    batch = preloaded_batch(datamodule, model.device)
+    batch = datamodule.batch("train", device=model.device)
     optimizer = trainer.optimizers[0]
     counter = getattr(model, "count_throughput", None)
     count = counter(batch) if counter else len(batch[0])

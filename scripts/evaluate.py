@@ -15,7 +15,7 @@ A generative model's evaluate may also take `fid_classifier`, `samplers` and `da
 DDPM prints the classifier FID of each sampler against the test set and its DDIM inversion error:
 
     python scripts/evaluate.py --ckpt PATH --fid_classifier runs/fid/lenet5_mnist.ckpt \
-        --samplers ddpm,ddim50,ddim20 --data.root ../shared/data
+        --samplers ddpm,ddim50,ddim20 --data.root DIR
 """
 
 import argparse

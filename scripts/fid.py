@@ -12,8 +12,6 @@ import argparse
 import os
 import sys
 
-import torch
-
 from datamodules import DATAMODULES, ImageDataModule
 from lightning_modules.metrics import ClassifierFID, fid_floor
 
@@ -37,11 +35,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def all_images(datamodule: ImageDataModule, loader) -> torch.Tensor:
-    """Every image of a loader as the DataModule hands them to models: float (N, C, H, W) in [0, 1]."""
-    return torch.cat([datamodule.on_after_batch_transfer(batch, 0)[0] for batch in loader])
-
-
 def floors(options: argparse.Namespace) -> list[str]:
     fid = ClassifierFID(options.classifier, options.inception, device=options.device)
     datamodule = DATAMODULES[options.data](root=options.root, batch_size=1000)
@@ -52,8 +45,8 @@ def floors(options: argparse.Namespace) -> list[str]:
             f"{datamodule.folder()}; pass --data.root DIR (or set LIGHTNING_ZOO_DATA)"
         )
     datamodule.setup("fit")
-    test = all_images(datamodule, datamodule.test_dataloader())
-    train = all_images(datamodule, datamodule.train_dataloader())
+    test = datamodule.batch("test", len(datamodule.dataset("test")))[0]
+    train = datamodule.batch("train", len(datamodule.dataset("train")))[0]
     fid.set_real(test)
     lines = [f"FID floor on {options.data}: n training images against the {len(test)} test images"]
     for n in options.n:

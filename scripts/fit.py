@@ -20,11 +20,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks import FiniteLossCheck, RestoreRNGState
 from datamodules import DATAMODULES
-from lightning_modules import MODELS
+from lightning_modules.registry import config_path, model_names
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_SEED = 0
-# What a model needs to know about its data flows from the DataModule (DESIGN.md, The command line).
+# What a model needs to know about its data flows from the DataModule.
 # A model that does not take one of these arguments is simply not linked to it.
 DATA_FACTS = ("image_shape", "num_classes", "vocab_size", "data_dim")
 
@@ -34,7 +33,7 @@ class UsageError(ValueError):
 
 
 def catalogue() -> str:
-    return f"models: {', '.join(sorted(MODELS))}; datasets: {', '.join(sorted(DATAMODULES))}"
+    return f"models: {', '.join(model_names())}; datasets: {', '.join(sorted(DATAMODULES))}"
 
 
 def _take_value(args: list[str], flag: str) -> tuple[str | None, list[str]]:
@@ -62,11 +61,9 @@ def translate(argv: list[str]) -> tuple[str | None, list[str]]:
         if wants_help:
             return None, rest
         raise UsageError(f"choose a model with --model NAME; {catalogue()}")
-    if model not in MODELS:
+    if model not in model_names():
         raise UsageError(f"unknown model {model!r}; {catalogue()}")
-    config = CONFIGS / f"{model}.yaml"
-    if not config.is_file():
-        raise UsageError(f"model {model!r} has no configs/{model}.yaml; add one")
+    config = config_path(model)
     data, rest = _take_value(rest, "--data")
     seed, rest = _take_value(rest, "--seed")
     args = ["--config", str(config)]

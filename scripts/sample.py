@@ -25,13 +25,7 @@ import torch
 from torchvision.utils import save_image
 
 from lightning_modules.checkpoint import load_model, read_checkpoint
-from lightning_modules.diffusion import box_mask, grid_mask, random_pixel_mask
-
-MASKS = {
-    "box": lambda shape: box_mask(shape, 0.5),
-    "random": lambda shape: random_pixel_mask(shape, 0.2),
-    "grid": lambda shape: grid_mask(shape, 2),
-}
+from lightning_modules.masks import MASKS
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

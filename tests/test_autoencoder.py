@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import run_fit
-from lightning_modules.autoencoder import (
+from lightning_modules.autoencoders.autoencoder import (
     Autoencoder,
     DenoisingAutoencoder,
     gaussian_noise,

@@ -13,7 +13,7 @@ from conftest import run_fit
 from lightning_modules.blocks.resnet import ResNet
 from lightning_modules.blocks.small_nets import LeNet5
 from lightning_modules.blocks.vit import SelfAttention
-from lightning_modules.classifier import BACKBONES, ImageClassifier, LRFactor
+from lightning_modules.classifiers.classifier import BACKBONES, ImageClassifier, LRFactor
 
 CLASSIFIERS = ["mlp", "convnet", "lenet5", "resnet", "vit", "hybrid_vit", "pixel_attention"]
 

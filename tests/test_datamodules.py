@@ -241,3 +241,16 @@ def test_relative_text_path_is_found_in_the_root(data_root, tmp_path, monkeypatc
     dm = TextDataModule(path="text/1984.txt", root=str(data_root))
     assert dm.text.startswith("It was")
     assert dm.data_source == str(data_root / "text" / "1984.txt")
+
+
+def test_batch_hands_out_a_split_as_a_test_step_sees_it(data_root):
+    class Training:
+        training = True
+
+    dm = ready(CIFAR10DataModule(root=str(data_root), hflip=True, crop_padding=4, batch_size=16))
+    dm.trainer = Training()  # even inside training, batch() never augments
+    images, labels = dm.batch("test", 37)
+    raw_images, raw_labels = dm.test_set.tensors
+    # uint8 / 255 is exact in float32 up to one rounding of the quotient: compare exactly.
+    assert torch.equal(images, raw_images[:37].float() / 255) and torch.equal(labels, raw_labels[:37])
+    assert len(dm.batch("train")[0]) == 16  # default: one loader batch

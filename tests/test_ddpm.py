@@ -9,9 +9,9 @@ import torch
 
 from conftest import REPO, run_fit
 from lightning_modules.checkpoint import load_model
-from lightning_modules.classifier import ImageClassifier
-from lightning_modules.ddpm import DDPM, parse_sampler
-from lightning_modules.diffusion import grid_mask
+from lightning_modules.classifiers.classifier import ImageClassifier
+from lightning_modules.diffusion.ddpm import DDPM, parse_sampler
+from lightning_modules.masks import grid_mask
 
 TINY = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2, dropout=0.0)
 TINY_FLAGS = [
@@ -84,7 +84,7 @@ def test_sampler_names() -> None:
 def lenet_checkpoint(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     model = ImageClassifier(backbone="lenet5", image_shape=(1, 28, 28), num_classes=10)
-    model.hparams["_class_path"] = "lightning_modules.classifier.ImageClassifier"
+    model.hparams["_class_path"] = "lightning_modules.classifiers.classifier.ImageClassifier"
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(tmp_path / "lenet5.ckpt")

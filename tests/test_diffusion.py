@@ -1,24 +1,22 @@
-"""The diffusion mathematics of lightning_modules/diffusion.py against independent computations, with analytic
+"""The diffusion mathematics of lightning_modules/diffusion/gaussian_diffusion.py against independent computations, with analytic
 denoisers instead of networks: for Gaussian data N(mu, s^2) the optimal noise prediction is known in closed
 form, so samplers and inversion can be checked without training anything."""
 
 import pytest
 import torch
 
-from lightning_modules.diffusion import (
+from lightning_modules.diffusion.gaussian_diffusion import (
     NoiseSchedule,
-    box_mask,
     ddim_invert,
     ddim_sample,
     ddpm_sample,
     denoising_loss,
     eps_from_v,
-    grid_mask,
     inpaint,
-    random_pixel_mask,
     timestep_pairs,
     v_target,
 )
+from lightning_modules.masks import box_mask, grid_mask, random_pixel_mask
 
 MU, S = 0.3, 0.5
 

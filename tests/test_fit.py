@@ -54,7 +54,7 @@ def test_help_lists_models_and_datasets(tmp_path):
 def test_print_config_shows_the_linked_defaults(tmp_path):
     result = run_fit("--model", "vae", "--data", "fashion_mnist", "--print_config", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "lightning_modules.vae.VAE" in result.stdout
+    assert "lightning_modules.autoencoders.vae.VAE" in result.stdout
     assert "datamodules.images.FashionMNISTDataModule" in result.stdout
     assert "max_epochs: 30" in result.stdout
 

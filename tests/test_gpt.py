@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from callbacks.text_samples import TextSamples
 from conftest import run_fit
 from datamodules import TextDataModule
-from lightning_modules.gpt import GPT, KVCache, next_token_nll, rotary_angles, rotate, warmup_cosine
+from lightning_modules.language.gpt import GPT, KVCache, next_token_nll, rotary_angles, rotate, warmup_cosine
 
 TINY = dict(block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 

@@ -9,7 +9,7 @@ from PIL import Image
 from callbacks.latent_embedding import LatentEmbedding, embed_2d_or_3d
 from callbacks.reconstruction_grid import ReconstructionGrid
 from datamodules import MNISTDataModule
-from lightning_modules.autoencoder import Autoencoder, DenoisingAutoencoder
+from lightning_modules.autoencoders.autoencoder import Autoencoder, DenoisingAutoencoder
 
 
 def test_rows_are_inputs_then_reconstructions():

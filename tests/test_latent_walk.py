@@ -9,7 +9,7 @@ from PIL import Image
 
 from callbacks.latent_walk import LatentWalk, latent_plane, lerp, random_walk, slerp
 from datamodules import MNISTDataModule
-from lightning_modules.autoencoder import Autoencoder
+from lightning_modules.autoencoders.autoencoder import Autoencoder
 
 
 def test_slerp_endpoints_and_constant_angular_speed():

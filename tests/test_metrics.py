@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import REPO
-from lightning_modules.classifier import ImageClassifier
+from lightning_modules.autoencoders.vae import VAE
+from lightning_modules.classifiers.classifier import ImageClassifier
 from lightning_modules.metrics import ClassifierFeatures, ClassifierFID, fid_floor
-from lightning_modules.vae import VAE
 
 
 def load_script():
@@ -33,7 +33,7 @@ def save_checkpoint(model: L.LightningModule, path: Path, class_path: str) -> Pa
 def lenet_checkpoint(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     model = ImageClassifier(backbone="lenet5", image_shape=(1, 28, 28), num_classes=10)
-    return save_checkpoint(model, tmp_path / "lenet5.ckpt", "lightning_modules.classifier.ImageClassifier")
+    return save_checkpoint(model, tmp_path / "lenet5.ckpt", "lightning_modules.classifiers.classifier.ImageClassifier")
 
 
 def blobs(n: int, seed: int) -> torch.Tensor:
@@ -105,7 +105,7 @@ def test_cache_of_another_classifier_is_not_used(lenet_checkpoint, tmp_path):
     ClassifierFID(lenet_checkpoint).set_real(blobs(50, seed=0), cache_key="blobs")
     torch.manual_seed(1)
     other = ImageClassifier(backbone="lenet5", image_shape=(1, 28, 28), num_classes=10)
-    save_checkpoint(other, lenet_checkpoint, "lightning_modules.classifier.ImageClassifier")
+    save_checkpoint(other, lenet_checkpoint, "lightning_modules.classifiers.classifier.ImageClassifier")
     with pytest.raises(ValueError, match="at least 2 images"):
         ClassifierFID(lenet_checkpoint).set_real(torch.zeros(0), cache_key="blobs")
 
@@ -133,7 +133,7 @@ def test_missing_checkpoint_is_one_clear_line(tmp_path):
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     vae = VAE(image_shape=(1, 8, 8), hidden_dim=16, latent_dim=2)
-    path = save_checkpoint(vae, tmp_path / "vae.ckpt", "lightning_modules.vae.VAE")
+    path = save_checkpoint(vae, tmp_path / "vae.ckpt", "lightning_modules.autoencoders.vae.VAE")
     with pytest.raises(ValueError) as error:
         ClassifierFeatures.from_checkpoint(path)
     assert "holds a VAE, not an ImageClassifier" in one_line(error)

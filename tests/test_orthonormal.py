@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.orthonormal import OrthonormalProjection, orthogonality_error, polar_newton_schulz, polar_svd
-from lightning_modules.classifier import ImageClassifier
+from lightning_modules.classifiers.classifier import ImageClassifier
 
 
 def tiny_loader(n: int = 32) -> DataLoader:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import REPO, run_fit
 from datamodules.environments import GymDataModule
-from lightning_modules.ppo import PPO
+from lightning_modules.rl.ppo import PPO
 
 
 class StepCounting(gym.Env):

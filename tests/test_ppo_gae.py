@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_modules.ppo import PPO, generalized_advantages
+from lightning_modules.rl.ppo import PPO, generalized_advantages
 
 
 def reference_gae(rewards, values, next_values, terminated, truncated, gamma, lam):

@@ -6,8 +6,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from lightning_modules.ppo import clipped_surrogate_loss, normalize, policy_change, value_loss
-from lightning_modules.ppo_agent import ActorCritic
+from lightning_modules.rl.actor_critic import ActorCritic
+from lightning_modules.rl.ppo import clipped_surrogate_loss, normalize, policy_change, value_loss
 
 EPS = 0.2
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO, SAMPLE_TEXT, run_fit, write_text
-from lightning_modules.vae import VAE
+from lightning_modules.autoencoders.vae import VAE
 
 TINY_GPT = ("--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "--model.block_size", "32",
             "--data.block_size", "32", "--data.batch_size", "8")  # fmt: skip
@@ -93,7 +93,7 @@ def test_image_grid_from_a_vae(tmp_path):
     # in-process: training a VAE here would only slow the suite down.
     model = VAE(image_shape=(1, 8, 8), hidden_dim=16, latent_dim=2)
     checkpoint = tmp_path / "vae.ckpt"
-    hyper_parameters = {**model.hparams, "_class_path": "lightning_modules.vae.VAE"}
+    hyper_parameters = {**model.hparams, "_class_path": "lightning_modules.autoencoders.vae.VAE"}
     torch.save(
         {
             "state_dict": model.state_dict(),

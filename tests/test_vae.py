@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import run_fit
-from lightning_modules.vae import VAE, bernoulli_nll, gaussian_kl, gaussian_nll, reparameterise
+from lightning_modules.autoencoders.vae import VAE, bernoulli_nll, gaussian_kl, gaussian_nll, reparameterise
 
 
 def test_closed_form_kl_matches_monte_carlo():

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from datamodules.environments import EVAL_SEED, make_vector_env
-from lightning_modules.ppo_agent import ActorCritic
+from lightning_modules.rl.actor_critic import ActorCritic
 
 SOLVE_WINDOW = 20  # episodes averaged for the "solved" criterion (gymnasium's reward_threshold)
 _IMPORTED = time.perf_counter()

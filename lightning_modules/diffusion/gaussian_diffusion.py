@@ -219,31 +219,6 @@ def draw(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
-def box_mask(shape: tuple[int, ...], fraction: float = 0.5) -> torch.Tensor:
-    """1 = known: everything but a centred square covering `fraction` of the image side."""
-    *_, height, width = shape
-    mask = torch.ones(1, 1, height, width)
-    h, w = round(height * fraction), round(width * fraction)
-    top, left = (height - h) // 2, (width - w) // 2
-    mask[..., top : top + h, left : left + w] = 0
-    return mask
-
-
-def random_pixel_mask(shape: tuple[int, ...], known_fraction: float = 0.2, generator=None) -> torch.Tensor:
-    """1 = known: a random subset of pixels, the same for every channel, drawn per image."""
-    batch, _, height, width = shape
-    return (torch.rand(batch, 1, height, width, generator=generator) < known_fraction).float()
-
-
-def grid_mask(shape: tuple[int, ...], stride: int = 2) -> torch.Tensor:
-    """1 = known: one pixel in every stride x stride cell (stride 2: every other pixel of every other row),
-    the regular grid of a super-resolution by `stride`."""
-    *_, height, width = shape
-    mask = torch.zeros(1, 1, height, width)
-    mask[..., ::stride, ::stride] = 1
-    return mask
-
-
 def v_target(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
     """The velocity v = sqrt(alpha-bar) eps - sqrt(1 - alpha-bar) x_0 (Salimans & Ho 2022, sec. 4)."""
     a = broadcast(alpha_bar, x0)

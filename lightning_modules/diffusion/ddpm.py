@@ -1,6 +1,6 @@
 """DDPM (Ho et al. 2020) as a LightningModule: a time-conditioned denoiser trained on the noise-prediction loss,
 sampled with the ancestral sampler or DDIM (Song et al. 2021), inverted to its noise latent, and used for
-inpainting. The mathematics lives in lightning_modules/diffusion.py, the networks in blocks/unet.py and
+inpainting. The mathematics lives in lightning_modules/diffusion/gaussian_diffusion.py, the networks in blocks/unet.py and
 blocks/mlp_denoiser.py. Images are mapped from the DataModule's [0, 1] to the model's [-1, 1] here and back,
 nowhere else; toy 2-D points are modelled as they are."""
 
@@ -16,7 +16,7 @@ from torch import nn
 
 from lightning_modules.blocks.mlp_denoiser import MLPDenoiser
 from lightning_modules.blocks.unet import MultiHeadUNet, UNet
-from lightning_modules.diffusion import (
+from lightning_modules.diffusion.gaussian_diffusion import (
     NoiseSchedule,
     ddim_invert,
     ddim_sample,
@@ -354,7 +354,4 @@ class DDPM(L.LightningModule):
         if data_root is not None:
             args["root"] = data_root
         datamodule = kind(**args)
-        datamodule.setup("test")
-        # The loader serves uint8; the DataModule's own batch hook turns it into [0, 1] floats, as in training.
-        batches = (datamodule.on_after_batch_transfer(batch, 0)[0] for batch in datamodule.test_dataloader())
-        return torch.cat(list(batches))
+        return datamodule.batch("test", len(datamodule.dataset("test")))[0]

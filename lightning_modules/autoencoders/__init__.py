@@ -1,0 +1,1 @@
+"""Autoencoders: the plain and the denoising autoencoder, and the variational autoencoder."""

@@ -1,0 +1,1 @@
+"""Image classification: one LightningModule for every backbone."""

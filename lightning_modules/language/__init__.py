@@ -1,0 +1,1 @@
+"""Language models: the char-level GPT."""

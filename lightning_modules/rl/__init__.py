@@ -1,0 +1,1 @@
+"""Reinforcement learning: PPO with its actor-critic network."""
