@@ -1,6 +1,7 @@
 """Image classification: one LightningModule that trains any backbone network with cross-entropy, and reports
 top-1 accuracy on the validation and test sets."""
 
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -19,6 +20,18 @@ from lightning_modules.optim import WarmupDecay, decay_groups, warmup_decay
 # A backbone is built from the data's (C, H, W) image shape and class count, which the model passes; its own
 # options are given by class path (configs/resnet.yaml: lightning_modules.blocks.resnet.ResNet, depth 20).
 Backbone = Callable[[tuple[int, int, int], int], nn.Module]
+
+
+def as_class_path(backbone: Backbone) -> dict | Backbone:
+    """A backbone class, or a functools.partial of one with keyword options, as LightningCLI records it
+    ({"class_path": ..., "init_args": ...}), so that a checkpoint of a model built in Python holds names, not
+    code, and loads with weights_only=True. Other callables are returned as they are."""
+    options = {}
+    if isinstance(backbone, functools.partial) and not backbone.args:
+        backbone, options = backbone.func, dict(backbone.keywords)
+    if not isinstance(backbone, type):
+        return backbone
+    return {"class_path": f"{backbone.__module__}.{backbone.__qualname__}", "init_args": options}
 
 
 class ImageClassifier(L.LightningModule):
@@ -76,11 +89,21 @@ class ImageClassifier(L.LightningModule):
                 "an image classifier needs labelled image data: pick an image DataModule, e.g. --data mnist"
             )
         self.save_hyperparameters()
+        if not isinstance(self.hparams.backbone, dict):  # built in Python, not by LightningCLI (which records it)
+            self.hparams.backbone = as_class_path(backbone)
+            # Lightning rebuilds a class path through LightningCLI's instantiator when loading a checkpoint.
+            self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
         self.backbone = backbone(tuple(image_shape), num_classes)
         if orthogonal_pattern is not None:
             self.parametrize_orthogonal(orthogonal_pattern, orthogonal_map)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Rebuilt from a class path, the model was handed a callable; keep recording the names the checkpoint holds.
+        saved = checkpoint.get("hyper_parameters", {}).get("backbone")
+        if isinstance(saved, dict):
+            self.hparams.backbone = saved
 
     def parametrize_orthogonal(self, pattern: str, orthogonal_map: str) -> None:
         matched = []
