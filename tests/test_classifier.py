@@ -1,7 +1,7 @@
-"""The image classifiers: backbone shapes and sizes, attention against a naive computation, the loss and the
-schedule against independent formulas, the bad-input errors, and every classifier through scripts/fit.py."""
+"""The image classifiers: backbone shapes and sizes, the loss against independent formulas, the bad-input errors,
+backbones by class path on the command line, checkpoints, and every classifier through scripts/fit.py."""
 
-import math
+from functools import partial
 
 import lightning as L
 import pytest
@@ -11,17 +11,28 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import run_fit
 from lightning_modules.blocks.resnet import ResNet
-from lightning_modules.blocks.small_nets import LeNet5
-from lightning_modules.blocks.vit import SelfAttention
-from lightning_modules.classifiers.classifier import BACKBONES, ImageClassifier, LRFactor
+from lightning_modules.blocks.small_nets import MLP, ConvNet, LeNet5
+from lightning_modules.blocks.vit import HybridViT, PixelAttention, ViT
+from lightning_modules.checkpoint import load_model
+from lightning_modules.classifiers.classifier import ImageClassifier
+from lightning_modules.protocols import CONTRACTS, members
 
-CLASSIFIERS = ["mlp", "convnet", "lenet5", "resnet", "vit", "hybrid_vit", "pixel_attention"]
+BACKBONES = {
+    "mlp": MLP,
+    "convnet": ConvNet,
+    "lenet5": LeNet5,
+    "resnet": ResNet,
+    "vit": ViT,
+    "hybrid_vit": HybridViT,
+    "pixel_attention": PixelAttention,
+}
+CLASSIFIERS = list(BACKBONES)
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_every_backbone_maps_images_to_logits(backbone, shape):
-    model = ImageClassifier(backbone, image_shape=shape, num_classes=7)
+    model = ImageClassifier(BACKBONES[backbone], image_shape=shape, num_classes=7)
     logits = model(torch.rand(3, *shape))
     assert logits.shape == (3, 7) and torch.isfinite(logits).all()
 
@@ -66,43 +77,36 @@ def test_resnet_depths_and_shortcuts():
         ResNet((3, 32, 32), 10, depth=21)
 
 
-def test_vit_attention_equals_naive_softmax_attention():
-    torch.manual_seed(0)
-    attention = SelfAttention(dim=16, heads=4)
-    x = torch.randn(2, 5, 16)
-    q, k, v = attention.split_heads(x)
-    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(4), dim=-1)
-    naive = attention.out((weights @ v).transpose(1, 2).reshape(2, 5, 16))
-    # Q, K, V from the Linear weights directly, head h owning columns h*4:(h+1)*4 of each projection.
-    qkv = x @ attention.qkv.weight.T + attention.qkv.bias
-    torch.testing.assert_close(q[:, 1], qkv[..., 4:8])
-    torch.testing.assert_close(v[:, 3], qkv[..., 32 + 12 : 32 + 16])
-    torch.testing.assert_close(attention(x), naive, atol=1e-5, rtol=1e-5)
+def test_default_backbone_is_lenet5_and_no_helper_takes_a_contract_name():
+    model = ImageClassifier()
+    assert isinstance(model.backbone, LeNet5)
+    taken = {name for protocol in CONTRACTS for name in members(protocol)}
+    assert not taken & set(dir(model)), "a helper named like a contract method would be mistaken for it"
 
 
 def test_hybrid_with_no_stem_is_the_plain_vit():
     args = {"patch_size": 7, "dim": 32, "depth": 2, "heads": 2}
     torch.manual_seed(0)
-    plain = ImageClassifier("vit", backbone_args=args)
+    plain = ImageClassifier(partial(ViT, **args))
     torch.manual_seed(0)
-    hybrid = ImageClassifier("hybrid_vit", backbone_args={**args, "stem_depth": 0})
+    hybrid = ImageClassifier(partial(HybridViT, stem_depth=0, **args))
     x = torch.rand(2, 1, 28, 28)
-    torch.testing.assert_close(plain(x), hybrid(x))
-    with_stem = ImageClassifier("hybrid_vit", backbone_args={**args, "stem_depth": 2})
+    torch.testing.assert_close(plain(x), hybrid(x), rtol=0, atol=0)  # the same layers from the same draws
+    with_stem = ImageClassifier(partial(HybridViT, **args))
     assert len(with_stem.backbone.stem) == 6
 
 
 def test_loss_is_cross_entropy_with_label_smoothing():
     torch.manual_seed(0)
     logits, labels = torch.randn(4, 10), torch.tensor([1, 0, 9, 3])
-    model = ImageClassifier("mlp", label_smoothing=0.1)
+    model = ImageClassifier(MLP, label_smoothing=0.1)
     log_p = logits - logits.exp().sum(1, keepdim=True).log()
     target = torch.full((4, 10), 0.1 / 10).scatter_add(1, labels[:, None], torch.full((4, 1), 0.9))
     torch.testing.assert_close(model.classification_loss(logits, labels), -(target * log_p).sum(1).mean())
 
 
 def test_mixup_loss_mixes_images_and_labels_alike():
-    model = ImageClassifier("mlp", mixup_alpha=0.4)
+    model = ImageClassifier(MLP, mixup_alpha=0.4)
     images, labels = torch.rand(6, 1, 28, 28), torch.arange(6)
     torch.manual_seed(3)
     loss = model.mixup_loss(images, labels)
@@ -114,24 +118,15 @@ def test_mixup_loss_mixes_images_and_labels_alike():
     torch.testing.assert_close(loss, expected)
 
 
-def test_learning_rate_schedules():
-    cosine = LRFactor("cosine", total_steps=100, warmup_steps=10)
-    assert cosine(0) == pytest.approx(0.1) and cosine(9) == pytest.approx(1.0)
-    assert cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0, abs=1e-12)
-    step = LRFactor("step", total_steps=100, milestones=[0.5, 0.75])
-    assert [step(s) for s in (0, 49, 50, 75, 99)] == pytest.approx([1, 1, 0.1, 0.01, 0.01])
-    assert LRFactor("cosine", total_steps=math.inf)(1000) == 1.0  # a time budget: no known end
-
-
 def test_orthogonal_parametrization_flag():
-    model = ImageClassifier("mlp", orthogonal_pattern=r"backbone\.[13]$")
+    model = ImageClassifier(MLP, orthogonal_pattern=r"backbone\.[13]$")
     for index in (1, 3):
         w = model.backbone[index].weight
         torch.testing.assert_close(w @ w.T, torch.eye(512), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="conv layer"):
-        ImageClassifier("convnet", orthogonal_pattern="features")
+        ImageClassifier(ConvNet, orthogonal_pattern="features")
     with pytest.raises(ValueError, match="matches no Linear"):
-        ImageClassifier("mlp", orthogonal_pattern="nothing")
+        ImageClassifier(MLP, orthogonal_pattern="nothing")
 
 
 @pytest.mark.parametrize(
@@ -140,13 +135,13 @@ def test_orthogonal_parametrization_flag():
         ("vit", {"patch_size": 5}, (1, 28, 28), "not a whole number of 5x5 patches"),
         ("pixel_attention", {}, (1, 64, 64), "image_size 28"),
         ("lenet5", {}, (1, 64, 64), "up to 32x32"),
-        ("resnet", {"width": 3}, (1, 28, 28), "does not take width"),
-        ("alexnet", {}, (1, 28, 28), "unknown backbone"),
+        ("resnet", {"depth": 21}, (1, 28, 28), "6n\\+2"),
+        ("mlp", {"activation": "swish"}, (1, 28, 28), "--model.backbone.activation must be one of relu"),
     ],
 )
 def test_bad_backbone_choices_are_one_clear_error(backbone, args, shape, message):
     with pytest.raises(ValueError, match=message):
-        ImageClassifier(backbone, backbone_args=args, image_shape=shape)
+        ImageClassifier(partial(BACKBONES[backbone], **args), image_shape=shape)
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
@@ -170,16 +165,42 @@ def test_image_size_the_backbone_cannot_take(data_root, tmp_path):
     assert len(errors) == 1 and "patch_size" in errors[0], result.stderr[-2000:]
 
 
-def test_checkpoint_loads_with_weights_only(tmp_path):
+def test_checkpoint_of_a_model_built_in_python_loads_with_weights_only(tmp_path):
     data = DataLoader(TensorDataset(torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))), batch_size=8)
-    model = ImageClassifier("vit", backbone_args={"patch_size": 4, "dim": 16, "depth": 1, "heads": 2},
-                            image_shape=(1, 8, 8), schedule="cosine", warmup_epochs=0.5)  # fmt: skip
+    backbone = partial(ViT, patch_size=4, dim=16, depth=1, heads=2)
+    model = ImageClassifier(backbone, image_shape=(1, 8, 8), schedule="cosine", warmup_epochs=0.5)
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
     trainer.fit(model, data)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
-    torch.load(path, map_location="cpu", weights_only=True)  # no code runs while unpickling
+    saved = torch.load(path, map_location="cpu", weights_only=True)  # no code runs while unpickling
+    assert saved["hyper_parameters"]["backbone"] == {
+        "class_path": "lightning_modules.blocks.vit.ViT",
+        "init_args": {"patch_size": 4, "dim": 16, "depth": 1, "heads": 2},
+    }
     loaded = ImageClassifier.load_from_checkpoint(path, weights_only=True)
     x = torch.rand(2, 1, 8, 8)
-    torch.testing.assert_close(loaded.eval()(x), model.eval()(x))
+    # The same weights through the same operations on the same CPU: bit for bit.
+    torch.testing.assert_close(loaded.eval()(x), model.eval()(x), rtol=0, atol=0)
+
+
+def test_backbone_option_on_the_command_line_and_its_checkpoint(data_root, tmp_path):
+    result = run_fit(
+        "--model", "resnet", "--model.backbone.depth", "8", "--data.root", str(data_root), "--data.fallback",
+        "false", "--data.batch_size", "8", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
+        "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = tmp_path.glob("runs/resnet/*/checkpoints/last.ckpt")
+    model = load_model(path)
+    # depth 8 = 6n + 2 with n = 1: one block per stage, where the config's ResNet-20 has three.
+    assert isinstance(model.backbone, ResNet) and [len(stage) for stage in model.backbone.stages] == [1, 1, 1]
+    assert model.hparams.backbone == {
+        "class_path": "lightning_modules.blocks.resnet.ResNet",
+        "init_args": {"depth": 8, "shortcut": "A"},
+    }
+    typo = run_fit("--model", "resnet", "--model.backbone.init_args.dept", "5", cwd=tmp_path)
+    errors = [line for line in typo.stderr.splitlines() if line.strip()]
+    assert typo.returncode == 2 and len(errors) == 1, typo.stderr[-2000:]
+    assert errors[0].startswith("fit.py: error: --model.backbone.init_args.dept: Option 'dept' is not accepted")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_fit
+from lightning_modules.blocks.small_nets import LeNet5
 from lightning_modules.checkpoint import load_model
 from lightning_modules.classifiers.classifier import ImageClassifier
 from lightning_modules.diffusion.ddpm import DDPM, parse_sampler
@@ -83,7 +84,7 @@ def test_sampler_names() -> None:
 @pytest.fixture
 def lenet_checkpoint(tmp_path: Path) -> Path:
     torch.manual_seed(0)
-    model = ImageClassifier(backbone="lenet5", image_shape=(1, 28, 28), num_classes=10)
+    model = ImageClassifier(LeNet5, image_shape=(1, 28, 28), num_classes=10)
     model.hparams["_class_path"] = "lightning_modules.classifiers.classifier.ImageClassifier"
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(model)

@@ -9,6 +9,7 @@ import torch
 
 from conftest import REPO
 from lightning_modules.autoencoders.vae import VAE
+from lightning_modules.blocks.small_nets import ConvNet, LeNet5
 from lightning_modules.classifiers.classifier import ImageClassifier
 from lightning_modules.metrics import ClassifierFeatures, ClassifierFID, fid_floor
 
@@ -32,7 +33,7 @@ def save_checkpoint(model: L.LightningModule, path: Path, class_path: str) -> Pa
 @pytest.fixture
 def lenet_checkpoint(tmp_path: Path) -> Path:
     torch.manual_seed(0)
-    model = ImageClassifier(backbone="lenet5", image_shape=(1, 28, 28), num_classes=10)
+    model = ImageClassifier(LeNet5, image_shape=(1, 28, 28), num_classes=10)
     return save_checkpoint(model, tmp_path / "lenet5.ckpt", "lightning_modules.classifiers.classifier.ImageClassifier")
 
 
@@ -49,7 +50,9 @@ def blobs(n: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("backbone", ["lenet5", "convnet"])
 def test_features_are_the_input_of_the_last_linear(backbone):
     torch.manual_seed(0)
-    classifier = ImageClassifier(backbone=backbone, image_shape=(1, 28, 28), num_classes=10)
+    classifier = ImageClassifier(
+        {"lenet5": LeNet5, "convnet": ConvNet}[backbone], image_shape=(1, 28, 28), num_classes=10
+    )
     state = torch.get_rng_state()
     features = ClassifierFeatures(classifier)
     assert torch.equal(torch.get_rng_state(), state)  # finding the layer draws nothing from the global stream
@@ -67,7 +70,7 @@ def test_features_are_the_input_of_the_last_linear(backbone):
 
 def test_features_resize_and_map_channels():
     torch.manual_seed(0)
-    features = ClassifierFeatures(ImageClassifier(backbone="lenet5", image_shape=(1, 28, 28), num_classes=10))
+    features = ClassifierFeatures(ImageClassifier(LeNet5, image_shape=(1, 28, 28), num_classes=10))
     assert features(torch.rand(3, 3, 32, 32)).shape == (3, 84)
     grey = torch.rand(3, 1, 28, 28)
     torch.testing.assert_close(features(grey.expand(-1, 3, -1, -1)), features(grey), atol=1e-3, rtol=0)  # luma weights
@@ -104,7 +107,7 @@ def test_cache_round_trip_is_reused(lenet_checkpoint):
 def test_cache_of_another_classifier_is_not_used(lenet_checkpoint, tmp_path):
     ClassifierFID(lenet_checkpoint).set_real(blobs(50, seed=0), cache_key="blobs")
     torch.manual_seed(1)
-    other = ImageClassifier(backbone="lenet5", image_shape=(1, 28, 28), num_classes=10)
+    other = ImageClassifier(LeNet5, image_shape=(1, 28, 28), num_classes=10)
     save_checkpoint(other, lenet_checkpoint, "lightning_modules.classifiers.classifier.ImageClassifier")
     with pytest.raises(ValueError, match="at least 2 images"):
         ClassifierFID(lenet_checkpoint).set_real(torch.zeros(0), cache_key="blobs")

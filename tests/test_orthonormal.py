@@ -1,6 +1,8 @@
 """OrthonormalProjection: the projection is the nearest (semi-)orthonormal matrix, it touches only the selected
 layers, and it logs the orthogonality error before and after."""
 
+from functools import partial
+
 import lightning as L
 import pytest
 import torch
@@ -8,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.orthonormal import OrthonormalProjection, orthogonality_error, polar_newton_schulz, polar_svd
+from lightning_modules.blocks.small_nets import MLP
 from lightning_modules.classifiers.classifier import ImageClassifier
 
 
@@ -63,7 +66,7 @@ def test_projection_makes_selected_weights_orthonormal_and_leaves_the_rest(metho
 
 def test_callback_in_training_projects_after_each_step_and_logs_errors():
     torch.manual_seed(0)
-    model = ImageClassifier("mlp", backbone_args={"widths": [32, 16]}, image_shape=(1, 8, 8), lr=0.05)
+    model = ImageClassifier(partial(MLP, widths=[32, 16]), image_shape=(1, 8, 8), lr=0.05)
     head = model.backbone[5].weight.detach().clone()
     callback = OrthonormalProjection(pattern=r"backbone\.[13]$")
     trainer = quiet_trainer([callback], max_steps=4, log_every_n_steps=1, num_sanity_val_steps=0)
@@ -89,14 +92,12 @@ def test_measure_only_mode_changes_nothing():
 
 
 def test_bad_selections_are_clear_errors():
-    model = ImageClassifier("mlp", backbone_args={"widths": [16]}, image_shape=(1, 8, 8))
+    model = ImageClassifier(partial(MLP, widths=[16]), image_shape=(1, 8, 8))
     with pytest.raises(ValueError, match="selects no layer"):
         OrthonormalProjection(pattern="nothing").on_fit_start(None, model)
     with pytest.raises(ValueError, match="not torch.nn layers"):
         OrthonormalProjection(module_types=["Lineer"])
-    parametrized = ImageClassifier(
-        "mlp", backbone_args={"widths": [16]}, image_shape=(1, 8, 8), orthogonal_pattern="1$"
-    )
+    parametrized = ImageClassifier(partial(MLP, widths=[16]), image_shape=(1, 8, 8), orthogonal_pattern="1$")
     with pytest.raises(ValueError, match="parametrization"):
         OrthonormalProjection(pattern="1$").on_fit_start(None, parametrized)
     OrthonormalProjection(pattern="1$", project=False).on_fit_start(None, parametrized)  # measuring is fine

@@ -13,6 +13,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_modules.blocks.autoencoder_nets import make_decoder, make_encoder
+from lightning_modules.optim import per_step
 from lightning_modules.step_logging import writes_step_metrics
 
 LOG_2PI = math.log(2 * math.pi)
@@ -214,4 +215,4 @@ class VAE(L.LightningModule):
         if not self.hparams.cosine_decay:
             return optimizer
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": per_step(schedule)}

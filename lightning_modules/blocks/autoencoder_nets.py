@@ -8,14 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU, "tanh": nn.Tanh}
-
-
-def activation_class(name: str) -> type[nn.Module]:
-    """The activation module class of a `--model.activation` name."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"--model.activation must be one of {', '.join(ACTIVATIONS)}, got {name!r}")
-    return ACTIVATIONS[name]
+from lightning_modules.blocks.activations import activation_class
 
 
 def mlp(widths: Sequence[int], activation: str = "relu") -> nn.Sequential:
@@ -40,7 +33,7 @@ class MLPEncoder(nn.Module):
             image_shape: (C, H, W) of the input images.
             hidden_dims: widths of the hidden layers, input side first.
             out_dim: size of the output vector.
-            activation: the nonlinearity between layers (see ACTIVATIONS).
+            activation: the nonlinearity between layers (see lightning_modules.blocks.activations).
         """
         super().__init__()
         self.net = nn.Sequential(nn.Flatten(), mlp([math.prod(image_shape), *hidden_dims, out_dim], activation))
@@ -60,7 +53,7 @@ class MLPDecoder(nn.Module):
             in_dim: size of the input vector (the latent dimension).
             hidden_dims: widths of the hidden layers, latent side first.
             image_shape: (C, H, W) of the output images.
-            activation: the nonlinearity between layers (see ACTIVATIONS).
+            activation: the nonlinearity between layers (see lightning_modules.blocks.activations).
         """
         super().__init__()
         widths = [in_dim, *hidden_dims, math.prod(image_shape)]
@@ -90,7 +83,7 @@ class ConvEncoder(nn.Module):
             image_shape: (C, H, W) of the input images.
             channels: output channels of each stride-2 convolution, input side first.
             out_dim: size of the output vector.
-            activation: the nonlinearity after each convolution (see ACTIVATIONS).
+            activation: the nonlinearity after each convolution (see lightning_modules.blocks.activations).
         """
         super().__init__()
         h, w = conv_sizes(image_shape, len(channels))[-1]
@@ -120,7 +113,7 @@ class ConvDecoder(nn.Module):
             in_dim: size of the input vector (the latent dimension).
             channels: channels of each feature map, smallest map first (the encoder's list reversed).
             image_shape: (C, H, W) of the output images.
-            activation: the nonlinearity between layers (see ACTIVATIONS).
+            activation: the nonlinearity between layers (see lightning_modules.blocks.activations).
         """
         super().__init__()
         # The encoder's feature-map sizes, largest first; the decoder walks them back up.

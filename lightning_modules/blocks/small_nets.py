@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+from lightning_modules.blocks.activations import activation_class
 
 
 class MLP(nn.Sequential):
@@ -25,14 +25,13 @@ class MLP(nn.Sequential):
             image_shape: (C, H, W) of the input images.
             num_classes: number of logits.
             widths: widths of the hidden layers, in order.
-            activation: one of relu, gelu, tanh, silu.
+            activation: a name of lightning_modules.blocks.activations (relu, gelu, silu, elu, tanh).
         """
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"mlp activation {activation!r} unknown; choose one of {', '.join(ACTIVATIONS)}")
+        nonlinearity = activation_class(activation, "--model.backbone.activation")
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(image_shape)
         for hidden in widths:
-            layers += [nn.Linear(width, hidden), ACTIVATIONS[activation]()]
+            layers += [nn.Linear(width, hidden), nonlinearity()]
             width = hidden
         layers.append(nn.Linear(width, num_classes))
         super().__init__(*layers)

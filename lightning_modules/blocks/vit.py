@@ -2,50 +2,9 @@
 ("hybrid"), and self-attention over single pixels of a small image."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention, softmax(Q K^T / sqrt(d)) V (Vaswani et al. 2017, eq. 1), through
-    `F.scaled_dot_product_attention` (fused kernels where the device has them)."""
-
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"the width {dim} must be divisible by the number of heads {heads}; change dim or heads")
-        self.heads, self.dropout = heads, dropout
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
-
-    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, N, D) -> q, k, v of shape (B, heads, N, D / heads)."""
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        return q, k, v
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.split_heads(x)
-        attended = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.out(attended.transpose(1, 2).flatten(2))
-
-
-class TransformerBlock(nn.Module):
-    """Pre-norm encoder block (ViT eq. 2-3): x + MSA(LN(x)), then x + MLP(LN(x)) with a GELU MLP."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 2.0, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attention = SelfAttention(dim, heads, dropout)
-        self.norm2 = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+from lightning_modules.blocks.transformer import TransformerBlock
 
 
 class TokenClassifier(nn.Module):
@@ -93,7 +52,7 @@ class ViT(nn.Module):
             depth: number of transformer blocks.
             heads: attention heads (dim must be divisible by it).
             mlp_ratio: hidden width of each block's MLP, as a multiple of dim.
-            dropout: dropout in attention and MLP.
+            dropout: dropout on the attention weights and on both residual branches.
             stem_depth: 3x3 conv layers before the patch embedding (0 = plain ViT).
             stem_channels: width of those conv layers.
         """
@@ -146,7 +105,7 @@ class PixelAttention(nn.Module):
             depth: number of transformer blocks.
             heads: attention heads.
             mlp_ratio: hidden width of each block's MLP, as a multiple of dim.
-            dropout: dropout in attention and MLP.
+            dropout: dropout on the attention weights and on both residual branches.
         """
         super().__init__()
         channels, height, width = image_shape
@@ -162,6 +121,9 @@ class PixelAttention(nn.Module):
         return self.transformer(self.embed(x.flatten(2).transpose(1, 2)))
 
 
-def HybridViT(image_shape: tuple[int, int, int], num_classes: int, stem_depth: int = 2, **kwargs) -> ViT:
-    """The ViT with a convolutional stem in front (ViT sec. 3.1, "hybrid architecture"); see `ViT`."""
-    return ViT(image_shape, num_classes, stem_depth=stem_depth, **kwargs)
+class HybridViT(ViT):
+    """The ViT with a convolutional stem in front (ViT sec. 3.1, "hybrid architecture"): `ViT` with stem_depth
+    2 by default; the other options are ViT's."""
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, stem_depth: int = 2, **kwargs) -> None:
+        super().__init__(image_shape, num_classes, stem_depth=stem_depth, **kwargs)

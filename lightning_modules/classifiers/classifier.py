@@ -1,10 +1,10 @@
-"""Image classification: one LightningModule that trains any backbone of `BACKBONES` with cross-entropy, and
-reports top-1 accuracy on the validation and test sets."""
+"""Image classification: one LightningModule that trains any backbone network with cross-entropy, and reports
+top-1 accuracy on the validation and test sets."""
 
-import inspect
+import functools
 import math
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Literal
 
 import lightning as L
@@ -14,68 +14,35 @@ from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_modules.blocks.resnet import ResNet
-from lightning_modules.blocks.small_nets import MLP, ConvNet, LeNet5
-from lightning_modules.blocks.vit import HybridViT, PixelAttention, ViT
+from lightning_modules.blocks.small_nets import LeNet5
+from lightning_modules.optim import WarmupDecay, decay_groups, warmup_decay
 
-BACKBONES = {
-    "mlp": MLP,
-    "convnet": ConvNet,
-    "lenet5": LeNet5,
-    "resnet": ResNet,
-    "vit": ViT,
-    "hybrid_vit": HybridViT,
-    "pixel_attention": PixelAttention,
-}
+# A backbone is built from the data's (C, H, W) image shape and class count, which the model passes; its own
+# options are given by class path (configs/resnet.yaml: lightning_modules.blocks.resnet.ResNet, depth 20).
+Backbone = Callable[[tuple[int, int, int], int], nn.Module]
 
 
-def build_backbone(name: str, image_shape: tuple[int, int, int], num_classes: int, args: dict) -> nn.Module:
-    """The backbone `name` for these images, with `args` checked against what it accepts."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    accepted = [p for p in inspect.signature(BACKBONES[name]).parameters if p not in ("image_shape", "num_classes")]
-    if name == "hybrid_vit":
-        accepted += [p for p in inspect.signature(ViT).parameters if p not in ("image_shape", "num_classes")]
-    unknown = sorted(set(args) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"backbone {name!r} does not take {', '.join(unknown)}; --model.backbone_args accepts {', '.join(accepted)}"
-        )
-    return BACKBONES[name](tuple(image_shape), num_classes, **args)
-
-
-@dataclass
-class LRFactor:
-    """Multiplier of the base learning rate at optimiser step `step`: linear warm-up, then constant, cosine
-    (Loshchilov & Hutter 2017, eq. 5 without restarts) or divided by 10 at each milestone (He et al. 2016,
-    sec. 4.2). A plain object, so LambdaLR saves it in the checkpoint."""
-
-    kind: str
-    total_steps: float
-    warmup_steps: int = 0
-    milestones: list[float] = field(default_factory=list)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if not math.isfinite(self.total_steps) or self.kind == "constant":
-            return 1.0
-        progress = min(step / max(self.total_steps, 1), 1.0)
-        if self.kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 0.1 ** sum(progress >= m for m in self.milestones)
+def as_class_path(backbone: Backbone) -> dict | Backbone:
+    """A backbone class, or a functools.partial of one with keyword options, as LightningCLI records it
+    ({"class_path": ..., "init_args": ...}), so that a checkpoint of a model built in Python holds names, not
+    code, and loads with weights_only=True. Other callables are returned as they are."""
+    options = {}
+    if isinstance(backbone, functools.partial) and not backbone.args:
+        backbone, options = backbone.func, dict(backbone.keywords)
+    if not isinstance(backbone, type):
+        return backbone
+    return {"class_path": f"{backbone.__module__}.{backbone.__qualname__}", "init_args": options}
 
 
 class ImageClassifier(L.LightningModule):
-    """A backbone chosen by name, trained with cross-entropy (optionally label-smoothed, optionally on mixup
+    """A backbone network, trained with cross-entropy (optionally label-smoothed, optionally on mixup
     batches), AdamW or SGD with a schedule."""
 
     benchmark_metric = "test/acc"
 
     def __init__(
         self,
-        backbone: str = "lenet5",
-        backbone_args: dict | None = None,
+        backbone: Backbone = LeNet5,
         image_shape: tuple[int, int, int] | None = (1, 28, 28),
         num_classes: int | None = 10,
         optimizer: Literal["adamw", "sgd"] = "adamw",
@@ -93,8 +60,10 @@ class ImageClassifier(L.LightningModule):
     ) -> None:
         """
         Args:
-            backbone: one of mlp, convnet, lenet5, resnet, vit, hybrid_vit, pixel_attention.
-            backbone_args: the backbone's own options, e.g. {"depth": 56} for resnet, {"patch_size": 7} for vit.
+            backbone: the network, called as backbone(image_shape, num_classes): a class of
+                lightning_modules.blocks (MLP, ConvNet, LeNet5, ResNet, ViT, HybridViT, PixelAttention) by class
+                path, its options as init_args (on the command line --model.backbone.depth 56), or from Python
+                any such callable, e.g. functools.partial(ResNet, depth=56). Default LeNet-5.
             image_shape: (C, H, W) of the data; set from the DataModule by scripts/fit.py.
             num_classes: number of classes; set from the DataModule by scripts/fit.py.
             optimizer: "adamw" or "sgd".
@@ -116,13 +85,25 @@ class ImageClassifier(L.LightningModule):
         """
         super().__init__()
         if image_shape is None or num_classes is None:
-            raise ValueError(f"{backbone} needs labelled image data: pick an image DataModule, e.g. --data mnist")
+            raise ValueError(
+                "an image classifier needs labelled image data: pick an image DataModule, e.g. --data mnist"
+            )
         self.save_hyperparameters()
-        self.backbone = build_backbone(backbone, image_shape, num_classes, dict(backbone_args or {}))
+        if not isinstance(self.hparams.backbone, dict):  # built in Python, not by LightningCLI (which records it)
+            self.hparams.backbone = as_class_path(backbone)
+            # Lightning rebuilds a class path through LightningCLI's instantiator when loading a checkpoint.
+            self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+        self.backbone = backbone(tuple(image_shape), num_classes)
         if orthogonal_pattern is not None:
             self.parametrize_orthogonal(orthogonal_pattern, orthogonal_map)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Rebuilt from a class path, the model was handed a callable; keep recording the names the checkpoint holds.
+        saved = checkpoint.get("hyper_parameters", {}).get("backbone")
+        if isinstance(saved, dict):
+            self.hparams.backbone = saved
 
     def parametrize_orthogonal(self, pattern: str, orthogonal_map: str) -> None:
         matched = []
@@ -169,7 +150,7 @@ class ImageClassifier(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy) -> None:
+    def score_split(self, batch, stage: str, accuracy: MulticlassAccuracy) -> None:
         images, labels = batch
         logits = self(images)
         self.log(f"{stage}/loss", F.cross_entropy(logits, labels), sync_dist=True)
@@ -177,23 +158,20 @@ class ImageClassifier(L.LightningModule):
         self.log(f"{stage}/acc", accuracy, prog_bar=stage == "val")
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self.evaluate(batch, "val", self.val_acc)
+        self.score_split(batch, "val", self.val_acc)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self.evaluate(batch, "test", self.test_acc)
+        self.score_split(batch, "test", self.test_acc)
 
     def configure_optimizers(self):
-        # Biases and norm scales (1-D) are not decayed: decay is meant to shrink weight matrices and kernels.
-        decay = [p for p in self.parameters() if p.ndim >= 2]
-        rest = [p for p in self.parameters() if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": rest, "weight_decay": 0.0}]
         hp = self.hparams
+        groups = decay_groups(self.parameters(), hp.weight_decay)
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov)
         else:
             optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         total = self.trainer.estimated_stepping_batches
         steps_per_epoch = total / max(self.trainer.max_epochs, 1) if math.isfinite(total) else 0
-        factor = LRFactor(hp.schedule, float(total), round(hp.warmup_epochs * steps_per_epoch), list(hp.milestones))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        warmup = round(hp.warmup_epochs * steps_per_epoch)
+        factor = WarmupDecay(hp.schedule, warmup, decay_end=float(total), milestones=list(hp.milestones))
+        return warmup_decay(optimizer, factor)

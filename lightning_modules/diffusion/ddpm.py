@@ -25,6 +25,7 @@ from lightning_modules.diffusion.gaussian_diffusion import (
     eps_from_v,
     inpaint,
 )
+from lightning_modules.optim import WarmupDecay, warmup_decay
 
 
 def parse_sampler(spec: str) -> tuple[str, int | None]:
@@ -217,9 +218,7 @@ class DDPM(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-        warmup = max(1, self.hparams.warmup_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return warmup_decay(optimizer, WarmupDecay("constant", warmup_steps=self.hparams.warmup_steps))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning keeps the DataModule's arguments in the checkpoint, and LightningCLI its class among them:

@@ -13,96 +13,8 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
-
-class KVCache:
-    """The keys and values of the tokens seen so far, one (k, v) pair per layer, each (B, heads, T, head_dim):
-    with them a new token attends to the past without recomputing it, so sampling costs O(T) per token."""
-
-    def __init__(self, n_layer: int) -> None:
-        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
-
-    @property
-    def length(self) -> int:
-        return 0 if self.layers[0] is None else self.layers[0][0].shape[2]
-
-    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append this layer's new keys and values; return all of them."""
-        past = self.layers[layer]
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        self.layers[layer] = (k, v)
-        return k, v
-
-
-Rotary = tuple[torch.Tensor, torch.Tensor]  # cos and sin of the rotary angles, each (T, head_dim / 2)
-
-
-def rotary_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> Rotary:
-    """cos and sin of the angles m * theta_i, theta_i = base^(-2i/d), for the rotary position embedding
-    (Su et al. 2021, eq. 15); each (T, head_dim / 2)."""
-    theta = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.float()[:, None] * theta
-    return angles.cos(), angles.sin()
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair (x_2i, x_2i+1) of the last dimension by its angle (Su et al. 2021, eq. 34), so that a
-    query at position m and a key at position n meet through a rotation by (n - m) only: relative position."""
-    even, odd = x[..., 0::2], x[..., 1::2]
-    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2).type_as(x)
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head attention softmax(QK^T / sqrt(d_k)) V (Vaswani et al. 2017, eq. 1) where position t sees
-    positions <= t only, through PyTorch's fused `scaled_dot_product_attention`."""
-
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool) -> None:
-        super().__init__()
-        self.n_head, self.dropout = n_head, dropout
-        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)
-        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
-        self.proj_dropout = nn.Dropout(dropout)
-
-    def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rotary: Rotary | None = None
-    ) -> torch.Tensor:
-        b, t, c = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
-        if rotary is not None:  # before the cache: cached keys keep the rotation of their own position
-            q, k = rotate(q, *rotary), rotate(k, *rotary)
-        if cache is not None:
-            k, v = cache.extend(layer, k, v)
-        past = k.shape[2] - t
-        # Without a past the mask is the plain causal one; one new token may see everything; a chunk after a
-        # past sees the past and its own prefix (lower-triangular mask shifted by the past's length).
-        mask = None if past == 0 or t == 1 else torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=past == 0 and t > 1, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.proj_dropout(self.proj(y.transpose(1, 2).reshape(b, t, c)))
-
-
-class Block(nn.Module):
-    """x + attention(LN(x)), then x + MLP(LN(x)): the pre-norm residual block (GPT-2, Radford et al. 2019,
-    sec. 2.3); the MLP is the position-wise feed-forward net of Vaswani et al. (eq. 2) with GELU."""
-
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
-        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
-        self.mlp = nn.Sequential(
-            nn.Linear(n_embd, 4 * n_embd, bias=bias),
-            nn.GELU(),
-            nn.Linear(4 * n_embd, n_embd, bias=bias),
-            nn.Dropout(dropout),
-        )
-
-    def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rotary: Rotary | None = None
-    ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer, rotary)
-        return x + self.mlp(self.ln_2(x))
+from lightning_modules.blocks.transformer import KVCache, TransformerBlock, rotary_angles
+from lightning_modules.optim import WarmupDecay, decay_groups, warmup_decay
 
 
 class Transformer(nn.Module):
@@ -125,7 +37,9 @@ class Transformer(nn.Module):
         # GPT-2's learned absolute positions, or none here and rotary ones inside attention.
         self.position_embedding = nn.Embedding(block_size, n_embd) if position == "learned" else None
         self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(n_embd, n_head, dropout, bias) for _ in range(n_layer))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(n_embd, n_head, 4.0, dropout, bias, causal=True) for _ in range(n_layer)
+        )
         self.ln_f = nn.LayerNorm(n_embd, bias=bias)
         self.head = nn.Linear(n_embd, vocab_size, bias=False)
         # Weight tying (Press & Wolf 2017): the output head reads with the input embedding's matrix.
@@ -134,7 +48,7 @@ class Transformer(nn.Module):
         # GPT-2's scaled init: the projections that write into the residual stream get std 0.02 / sqrt(2 L),
         # so the stream's variance does not grow with depth.
         for name, parameter in self.named_parameters():
-            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+            if name.endswith(("attention.proj.weight", "mlp.2.weight")):
                 nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
 
     @staticmethod
@@ -164,17 +78,6 @@ class Transformer(nn.Module):
 def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """-1/N sum_t log P(u_t | u_<t) (Radford et al. 2018, eq. 1, as a mean loss), in nats per character."""
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-
-
-def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_ratio: float) -> float:
-    """Learning-rate multiplier: linear warm-up, then half a cosine down to `min_ratio` at `decay_steps`
-    (Loshchilov & Hutter 2017, eq. 5, without restarts), then constant; nanoGPT's schedule."""
-    if step < warmup_steps:
-        return (step + 1) / (warmup_steps + 1)
-    if step >= decay_steps:
-        return min_ratio
-    progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
-    return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
 
 
 class GPT(L.LightningModule):
@@ -303,7 +206,7 @@ class GPT(L.LightningModule):
         self.log("train/loss_nats", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
-    def _evaluate(self, batch, metric: torchmetrics.MeanMetric, stage: str) -> None:
+    def score_split(self, batch, metric: torchmetrics.MeanMetric, stage: str) -> None:
         x, y = batch
         # Weighted by characters, so the epoch value is the exact mean over the whole split.
         metric.update(next_token_nll(self.transformer(x), y), weight=y.numel())
@@ -316,25 +219,23 @@ class GPT(L.LightningModule):
         self.log("test/bits_per_char", self.test_nll.compute() / math.log(2))
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_nll, "val")
+        self.score_split(batch, self.val_nll, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_nll, "test")
-
-    def parameter_groups(self) -> list[dict]:
-        """AdamW groups: decay on the matrices (linear weights, embeddings), none on biases and norm gains."""
-        params = [p for p in self.transformer.parameters() if p.requires_grad]
-        return [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.hparams.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
+        self.score_split(batch, self.test_nll, "test")
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, betas=tuple(hp.betas))
+        # Decay on the matrices (linear weights, embeddings), none on biases and norm gains.
+        optimizer = torch.optim.AdamW(decay_groups(self.parameters(), hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
         max_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
-        decay_steps = hp.lr_decay_steps or max_steps
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, decay_steps, hp.min_lr / hp.lr)
+        # nanoGPT's schedule: warm-up over warmup_steps + 1, then a cosine down to min_lr at lr_decay_steps.
+        factor = WarmupDecay(
+            "cosine",
+            hp.warmup_steps,
+            warmup_ramp=hp.warmup_steps + 1,
+            decay_start=hp.warmup_steps,
+            decay_end=hp.lr_decay_steps or max_steps,
+            min_ratio=hp.min_lr / hp.lr,
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return warmup_decay(optimizer, factor)
