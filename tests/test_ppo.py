@@ -50,13 +50,14 @@ def quiet_trainer(**kwargs) -> L.Trainer:
 def test_rollout_shapes():
     model = PPO(num_envs=3, num_steps=7, num_minibatches=3)
     model.on_train_start()
-    rollout, (returns, lengths) = model.collect_rollout()
+    rollout, (returns, lengths, ends) = model.collect_rollout()
     model.on_train_end()
     assert rollout.observations.shape == (21, 4) and rollout.observations.dtype == torch.float32
     assert rollout.actions.shape == (21,) and rollout.actions.dtype == torch.long
     for name in ("log_probs", "values", "advantages", "returns"):
         assert getattr(rollout, name).shape == (21,), name
-    assert returns.shape == lengths.shape and model.count_throughput(None) == 21
+    assert returns.shape == lengths.shape == ends.shape and model.count_throughput(None) == 21
+    assert all(0 < end <= 21 for end in ends)  # within this first rollout of 3 x 7 steps
 
 
 def test_each_rollout_is_num_envs_x_num_steps_env_steps_and_k_x_m_optimizer_steps():
@@ -66,7 +67,7 @@ def test_each_rollout_is_num_envs_x_num_steps_env_steps_and_k_x_m_optimizer_step
     trainer = quiet_trainer(max_epochs=-1)  # the model stops the run after total_env_steps
     trainer.fit(model, datamodule=GymDataModule(eval_episodes=2))
     assert trainer.current_epoch == 3 and trainer.global_step == 3 * 2 * 5
-    assert StepCounting.steps == model.trained_env_steps == 3 * 3 * 10
+    assert StepCounting.steps == 3 * 3 * 10
     [result] = trainer.test(model, datamodule=GymDataModule(eval_episodes=2), verbose=False)
     assert StepCounting.steps >= 90 + 2 * 5  # the evaluation plays two whole episodes
     assert 0 <= result["test/mean_return"] <= 5 and "test/solved_at_env_steps" not in result  # no threshold

@@ -169,7 +169,7 @@ class ImageClassifier(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy) -> None:
+    def score_batch(self, batch, stage: str, accuracy: MulticlassAccuracy) -> None:
         images, labels = batch
         logits = self(images)
         self.log(f"{stage}/loss", F.cross_entropy(logits, labels), sync_dist=True)
@@ -177,10 +177,10 @@ class ImageClassifier(L.LightningModule):
         self.log(f"{stage}/acc", accuracy, prog_bar=stage == "val")
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self.evaluate(batch, "val", self.val_acc)
+        self.score_batch(batch, "val", self.val_acc)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self.evaluate(batch, "test", self.test_acc)
+        self.score_batch(batch, "test", self.test_acc)
 
     def configure_optimizers(self):
         # Biases and norm scales (1-D) are not decayed: decay is meant to shrink weight matrices and kernels.
