@@ -5,7 +5,7 @@
 
 The checkpoint names its model class and the DataModule it was trained with, so no name is needed; the
 data is read from where it was (`--data.root DIR` if it moved). First the test metrics, as `trainer.test`
-logs them with every random number generator seeded with 0 (a classifier's accuracy, a VAE's -ELBO, a language
+logs them with every random number generator seeded with 0 as the test loop starts (a classifier's accuracy, a VAE's -ELBO, a language
 model's loss and bits per character, PPO's greedy return), then the model's own figures when it has an `evaluate(datamodule, **options)` (the
 Evaluates contract, lightning_modules/protocols.py). The model options below go to `evaluate` only when
 given, and only to a model whose `evaluate` takes them:
@@ -24,6 +24,7 @@ import sys
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import LambdaCallback
 from PIL import Image
 
 from lightning_modules.checkpoint import load_datamodule, load_model
@@ -86,8 +87,9 @@ def run(options: argparse.Namespace) -> list[str]:
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
+            # Seeded when the loop starts, after the data is set up (which may draw random numbers of its own).
+            callbacks=[LambdaCallback(on_test_start=lambda *_: L.seed_everything(TEST_SEED, verbose=False))],
         )
-        L.seed_everything(TEST_SEED, verbose=False)
         results = trainer.test(model, datamodule=datamodule, verbose=False)
         lines += formatted({k: v for result in results for k, v in sorted(result.items())})
     else:
