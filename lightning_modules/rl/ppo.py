@@ -322,7 +322,9 @@ class PPO(L.LightningModule):
         envs.close()
         return returns
 
-    def evaluate(self, datamodule: L.LightningDataModule | None, episodes: int = 20, seed: int = EVAL_SEED) -> dict:
+    def evaluate(
+        self, datamodule: L.LightningDataModule | None, episodes: int = 20, seed: int = EVAL_SEED
+    ) -> dict[str, float]:
         """The figures scripts/evaluate.py prints after the test's: mean and standard deviation of the greedy
         return over `episodes` episodes seeded seed, seed + 1, ... (the environment is the model's own, so the
         DataModule is not needed)."""
