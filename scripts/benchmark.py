@@ -21,7 +21,7 @@ the model when training ends), so a resumed EMA run continues from the averaged 
 Throughput is Lightning's ThroughputMonitor over the training batches (data fetch included, validation
 excluded), counted in the model's unit when it fulfils the CountsThroughput contract (tokens, env_steps), else
 in samples; it is read at the run's last logging step (`--trainer.log_every_n_steps`, 50 unless the config
-says otherwise), so a run shorter than that reports none. The row's figure is the test metric the model
+says otherwise; with `--steps N` at most N), so an `--epochs` or `--seconds` run shorter than that reports none. The row's figure is the test metric the model
 names as its `benchmark_metric` (the Benchmarked contract), else the first test metric. A run with a SolvedAt
 callback (configs/ppo.yaml) also reports when it solved its environment: solved_at_env_steps and
 solved_after_s (-1 when it never did). The contracts are in lightning_modules/protocols.py.
@@ -176,6 +176,8 @@ def run(options: argparse.Namespace, extra: list[str]) -> dict:
     count, unit = throughput_counter(model)
     trainer.callbacks.append(ThroughputMonitor(batch_size_fn=count))
     trainer.logger = logged = LastMetrics()
+    if options.steps is not None:  # a short run still logs (and so measures) at least once, at its last step
+        trainer.log_every_n_steps = min(trainer.log_every_n_steps, options.steps)
     started = time.perf_counter()
     trainer.fit(model, datamodule=cli.datamodule, ckpt_path=options.resume)
     seconds = time.perf_counter() - started

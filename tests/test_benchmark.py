@@ -11,7 +11,7 @@ def test_benchmark_writes_one_row(data_root, tmp_path):
     out = tmp_path / "row.json"
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "benchmark.py"), "vae", "--steps", "3", "--data.root", str(data_root),
-         "--data.batch_size", "16", "--trainer.log_every_n_steps", "1", "--json", str(out)],
+         "--data.batch_size", "16", "--json", str(out)],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -29,7 +29,7 @@ def test_model_only_throughput_is_reported(data_root, tmp_path):
     out = tmp_path / "row.json"
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "benchmark.py"), "ae", "--steps", "2", "--data.root", str(data_root),
-         "--data.batch_size", "16", "--trainer.log_every_n_steps", "1", "--model-only-steps", "3", "--json", str(out)],
+         "--data.batch_size", "16", "--model-only-steps", "3", "--json", str(out)],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
