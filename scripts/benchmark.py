@@ -29,6 +29,7 @@ solved_after_s (-1 when it never did). The contracts are in lightning_modules/pr
 
 import argparse
 import json
+import logging
 import sys
 import time
 import warnings
@@ -80,14 +81,21 @@ def throughput_counter(model: L.LightningModule) -> tuple[Callable[[Any], int], 
 
 
 @contextmanager
-def detached(model: L.LightningModule) -> Iterator[None]:
-    """The model without its trainer: Lightning's `self.log` then does nothing (it warns once, silenced here),
-    so training_step runs alone, without the loop's logging bookkeeping; the trainer is attached again after."""
+def barebones(model: L.LightningModule) -> Iterator[None]:
+    """The model attached to a barebones Trainer, Lightning's raw-speed mode, in which `self.log` does nothing
+    (it warns once, silenced here) while `self.trainer` still answers (a model may read log_every_n_steps): so
+    training_step runs alone, without the loop's logging bookkeeping. Its own trainer is attached again after."""
     trainer = model.trainer
-    model.trainer = None
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # a barebones Trainer lists at length what it switches off
+    try:
+        model.trainer = L.Trainer(barebones=True, accelerator=trainer.accelerator, devices=1)
+    finally:
+        lightning_log.setLevel(level)
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*self.trainer. reference is not registered.*")
+            warnings.filterwarnings("ignore", ".*self.log.* but `Trainer.barebones=True.` is configured.*")
             yield
     finally:
         model.trainer = trainer
@@ -97,8 +105,8 @@ def model_only_throughput(
     model: L.LightningModule, trainer: L.Trainer, datamodule: L.LightningDataModule, steps: int, warmup: int = 5
 ) -> float:
     """Samples (or the model's unit) per second of `steps` training steps on one pre-loaded batch: the
-    model's training_step, backward and the step of the optimiser it trained with, with the model detached from
-    its trainer (no logging); the clock is read once, after a device sync."""
+    model's training_step, backward and the step of the optimiser it trained with, under a barebones Trainer
+    (no logging); the clock is read once, after a device sync."""
     if not model.automatic_optimization:
         raise ValueError("--model-only-steps needs a model with automatic optimisation; drop the flag")
     batch = datamodule.batch("train", device=model.device)
@@ -106,7 +114,7 @@ def model_only_throughput(
     count = throughput_counter(model)[0](batch)
     sync = torch.cuda.synchronize if model.device.type == "cuda" else lambda: None
     model.train()
-    with detached(model):
+    with barebones(model):
         for step in range(warmup + steps):
             if step == warmup:
                 sync()
