@@ -2,5 +2,6 @@
 
 from callbacks.finite_loss import FiniteLossCheck, NonFiniteLossError
 from callbacks.rng_state import RestoreRNGState
+from callbacks.solved_at import SolvedAt
 
-__all__ = ["FiniteLossCheck", "NonFiniteLossError", "RestoreRNGState"]
+__all__ = ["FiniteLossCheck", "NonFiniteLossError", "RestoreRNGState", "SolvedAt"]

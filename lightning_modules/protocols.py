@@ -90,7 +90,36 @@ class CountsThroughput(Protocol):
     def count_throughput(self, batch: Any) -> int: ...
 
 
-CONTRACTS: tuple[type, ...] = (Encodes, Samples, Inpaints, GeneratesText, Embeds, Evaluates, Renders, CountsThroughput)
+@runtime_checkable
+class Benchmarked(Protocol):
+    """`benchmark_metric`: the logged test metric that is the model's figure in `benchmark.py`'s row, e.g.
+    "test/acc". A model without it is reported by its first test metric in name order."""
+
+    benchmark_metric: str
+
+
+@runtime_checkable
+class PlaysEpisodes(Protocol):
+    """A reinforcement-learning model: `reward_threshold` is the mean return that counts as solving its
+    environment (None when it has none), and its `training_step` returns, beside "loss", "episode_returns"
+    and "episode_env_steps": the returns of the episodes that ended in the step and the run's environment
+    step at which each ended. Used by the SolvedAt callback (and so by `benchmark.py`'s solved-at figures)."""
+
+    reward_threshold: float | None
+
+
+CONTRACTS: tuple[type, ...] = (
+    Encodes,
+    Samples,
+    Inpaints,
+    GeneratesText,
+    Embeds,
+    Evaluates,
+    Renders,
+    CountsThroughput,
+    Benchmarked,
+    PlaysEpisodes,
+)
 
 
 def members(protocol: type) -> list[str]:

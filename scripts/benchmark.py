@@ -18,58 +18,103 @@ from such a checkpoint, with `--epochs`/`--steps` counted from the start of the 
 after training holds the EMA weights as the raw ones (Lightning's EMAWeightAveraging copies the average into
 the model when training ends), so a resumed EMA run continues from the averaged weights.
 
-A model can say how it is measured with two optional class attributes and one method:
-  benchmark_metric = "test/neg_elbo_nats"   the logged test metric that is the model's figure
-  throughput_unit = "samples"               what it counts: samples, tokens, env_steps, ...
-  def count_throughput(self, batch) -> int  how many of them one training batch holds
+Throughput is Lightning's ThroughputMonitor over the training batches (data fetch included, validation
+excluded), counted in the model's unit when it fulfils the CountsThroughput contract (tokens, env_steps), else
+in samples; it is read at the run's last logging step (`--trainer.log_every_n_steps`, 50 unless the config
+says otherwise; with `--steps N` at most N), so an `--epochs` or `--seconds` run shorter than that reports none. The row's figure is the test metric the model
+names as its `benchmark_metric` (the Benchmarked contract), else the first test metric. A run with a SolvedAt
+callback (configs/ppo.yaml) also reports when it solved its environment: solved_at_env_steps and
+solved_after_s (-1 when it never did). The contracts are in lightning_modules/protocols.py.
 """
 
 import argparse
 import json
+import logging
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.loggers import Logger
 
-from fit import UsageError, ZooCLI, innermost, translate
+from callbacks import SolvedAt
+from fit import ZooCLI, translate
+from lightning_modules.protocols import Benchmarked, CountsThroughput
+from one_line_errors import BAD_INPUT, report
 
 
-class Throughput(L.Callback):
-    """Time spent in training batches, data fetch included, validation excluded, and what they held."""
+class LastMetrics(Logger):
+    """A logger that keeps the last value of every metric in memory and writes nothing: how the benchmark reads
+    what ThroughputMonitor logs (the image callbacks draw only for file loggers, so they stay idle)."""
 
     def __init__(self) -> None:
-        self.seconds, self.count, self._mark = 0.0, 0, None
+        super().__init__()
+        self.metrics: dict[str, float] = {}
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._mark = time.perf_counter()
+    @property
+    def name(self) -> str:
+        return "benchmark"
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        now = time.perf_counter()
-        self.seconds += now - self._mark
-        self._mark = now
-        counter = getattr(pl_module, "count_throughput", None)
-        self.count += counter(batch) if counter else len(batch[0])
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.metrics.update(metrics)
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def throughput_counter(model: L.LightningModule) -> tuple[Callable[[Any], int], str]:
+    """How many units one training batch holds, and the unit: the model's CountsThroughput contract, else samples
+    (the batch's first dimension)."""
+    if isinstance(model, CountsThroughput):
+        return model.count_throughput, model.throughput_unit
+    return lambda batch: len(batch[0]), "samples"
+
+
+@contextmanager
+def barebones(model: L.LightningModule) -> Iterator[None]:
+    """The model attached to a barebones Trainer, Lightning's raw-speed mode, in which `self.log` does nothing
+    (it warns once, silenced here) while `self.trainer` still answers (a model may read log_every_n_steps): so
+    training_step runs alone, without the loop's logging bookkeeping. Its own trainer is attached again after."""
+    trainer = model.trainer
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # a barebones Trainer lists at length what it switches off
+    try:
+        model.trainer = L.Trainer(barebones=True, accelerator=trainer.accelerator, devices=1)
+    finally:
+        lightning_log.setLevel(level)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*self.log.* but `Trainer.barebones=True.` is configured.*")
+            yield
+    finally:
+        model.trainer = trainer
 
 
 def model_only_throughput(
     model: L.LightningModule, trainer: L.Trainer, datamodule: L.LightningDataModule, steps: int, warmup: int = 5
 ) -> float:
     """Samples (or the model's unit) per second of `steps` training steps on one pre-loaded batch: the
-    model's training_step, backward and the step of the optimiser it trained with. Logging is switched off
-    for the measure (self.log needs Lightning's loop); the clock is read once, after a device sync."""
+    model's training_step, backward and the step of the optimiser it trained with, under a barebones Trainer
+    (no logging); the clock is read once, after a device sync."""
     if not model.automatic_optimization:
         raise ValueError("--model-only-steps needs a model with automatic optimisation; drop the flag")
     batch = datamodule.batch("train", device=model.device)
     optimizer = trainer.optimizers[0]
-    counter = getattr(model, "count_throughput", None)
-    count = counter(batch) if counter else len(batch[0])
+    count = throughput_counter(model)[0](batch)
     sync = torch.cuda.synchronize if model.device.type == "cuda" else lambda: None
     model.train()
-    model.log = model.log_dict = lambda *args, **kwargs: None
-    try:
+    with barebones(model):
         for step in range(warmup + steps):
             if step == warmup:
                 sync()
@@ -80,8 +125,6 @@ def model_only_throughput(
             loss.backward()
             optimizer.step()
         sync()
-    finally:
-        del model.log, model.log_dict  # the class's own methods again
     return steps * count / (time.perf_counter() - started)
 
 
@@ -136,18 +179,23 @@ def fit_args(options: argparse.Namespace, extra: list[str]) -> tuple[str | None,
 
 def run(options: argparse.Namespace, extra: list[str]) -> dict:
     name, args = fit_args(options, extra)
-    throughput = Throughput()
-    cli = ZooCLI(name, args, extra_callbacks=[throughput])
+    cli = ZooCLI(name, args)
     model, trainer = cli.model, cli.trainer
+    count, unit = throughput_counter(model)
+    trainer.callbacks.append(ThroughputMonitor(batch_size_fn=count))
+    trainer.logger = logged = LastMetrics()
+    if options.steps is not None:  # a short run still logs (and so measures) at least once, at its last step
+        trainer.log_every_n_steps = min(trainer.log_every_n_steps, options.steps)
     started = time.perf_counter()
     trainer.fit(model, datamodule=cli.datamodule, ckpt_path=options.resume)
     seconds = time.perf_counter() - started
     results = {k: v for r in trainer.test(model, datamodule=cli.datamodule, verbose=False) for k, v in r.items()}
     if options.save_checkpoint:
         trainer.save_checkpoint(options.save_checkpoint)
-    metric = getattr(model, "benchmark_metric", None) or next(iter(sorted(results)), "")
+    metric = model.benchmark_metric if isinstance(model, Benchmarked) else next(iter(sorted(results)), "")
     key = lambda name: name.replace("/", "_")  # noqa: E731 - "test/neg_elbo_nats" -> "test_neg_elbo_nats"
-    unit = getattr(model, "throughput_unit", "samples")
+    # ThroughputMonitor's running totals since training started (validation excluded), at its last log.
+    counted, timed = logged.metrics.get("train/samples"), logged.metrics.get("train/time")
     row = {
         "model": options.model,
         "dataset": getattr(cli.datamodule, "data_source", None) or type(cli.datamodule).__name__,
@@ -155,16 +203,21 @@ def run(options: argparse.Namespace, extra: list[str]) -> dict:
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "seconds": round(seconds, 2),
-        "samples_per_s": round(throughput.count / max(throughput.seconds, 1e-9), 1),
+        "samples_per_s": round(counted / timed, 1) if counted and timed else None,
         "throughput_unit": unit,
         "metric": key(metric),
         "value": results.get(metric),
     }
     row.update({key(k).removeprefix("test_"): v for k, v in results.items() if k != metric})
+    if "train/device/mfu" in logged.metrics:  # with a model that states its flops_per_batch
+        row["mfu"] = logged.metrics["train/device/mfu"]
+    for solved in (c for c in trainer.callbacks if isinstance(c, SolvedAt) and c.threshold is not None):
+        row["solved_at_env_steps"] = solved.env_steps or -1
+        row["solved_after_s"] = round(solved.seconds, 2) if solved.seconds else -1
     if options.model_only_steps:
         alone = model_only_throughput(model, trainer, cli.datamodule, options.model_only_steps)
         row["model_only_per_s"] = round(alone, 1)
-        row["epoch_to_model_only_ratio"] = round(row["samples_per_s"] / alone, 3)
+        row["epoch_to_model_only_ratio"] = round(row["samples_per_s"] / alone, 3) if row["samples_per_s"] else None
     return row
 
 
@@ -172,19 +225,19 @@ def table_row(row: dict) -> str:
     value = f"{row['value']:.4f}" if isinstance(row["value"], float) else str(row["value"])
     header = f"| model | dataset | params | epochs | seconds | {row['throughput_unit']}/s | {row['metric']} |"
     cells = [row["model"], row["dataset"], f"{row['params']:,}", row["epochs"], row["seconds"]]
-    cells += [f"{row['samples_per_s']:,.0f}", value]
+    cells += [f"{row['samples_per_s']:,.0f}" if row["samples_per_s"] else "-", value]
     return header + "\n|---|---|---|---|---|---|---|\n| " + " | ".join(map(str, cells)) + " |"
 
 
 def main(argv: list[str] | None = None) -> int:
     options, extra = parse(sys.argv[1:] if argv is None else argv)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*define a `flops_per_batch` attribute.*")  # FLOPs are optional
     torch.set_float32_matmul_precision("high")
     try:
         row = run(options, extra)
-    except (ValueError, FileNotFoundError, FloatingPointError, UsageError) as error:
-        print(f"benchmark.py: error: {innermost(error)}", file=sys.stderr)
-        return 2
+    except BAD_INPUT as error:
+        return report("benchmark.py", error)
     print(table_row(row))
     shown = ("model", "dataset", "params", "epochs", "seconds", "samples_per_s", "throughput_unit", "metric", "value")
     extras = {k: v for k, v in row.items() if k not in shown}

@@ -1,33 +1,38 @@
 #!/usr/bin/env python
-"""Evaluate a checkpoint written by scripts/fit.py and print the model's own figures:
+"""Print the figures of a checkpoint written by scripts/fit.py, for a model of any family:
 
-    python scripts/evaluate.py --ckpt PATH [--episodes N] [--seed S] [--video out.gif]
+    python scripts/evaluate.py --ckpt PATH [--data.root DIR] [--device cpu|cuda] [model options] [--video out.gif]
 
-The checkpoint names its model class, so no model name is needed. A model plugs in by defining
-  evaluate(self, seed: int = ..., [episodes: int = ...]) -> dict[str, float]
-      its figures, printed one per line as `name = value`; `--seed` is always passed (the first evaluation
-      episode, or the seed of whatever randomness the evaluation draws), `--episodes` only when given (a model
-      whose evaluate takes no `episodes` rejects it);
-  render(self, seed: int = ...) -> list[numpy.ndarray]                       (optional, for --video)
-      the frames, (H, W, 3) uint8, of one episode (or any sequence worth watching), saved as an animated GIF.
-PPO plays 20 greedy episodes and prints their mean and standard deviation; its --video is one greedy episode.
-A generative model's evaluate may also take `fid_classifier`, `samplers` and `data_root`, passed when given:
-DDPM prints the classifier FID of each sampler against the test set and its DDIM inversion error:
+The checkpoint names its model class and the DataModule it was trained with, so no name is needed; the
+data is read from where it was (`--data.root DIR` if it moved). First the test metrics, as `trainer.test`
+logs them with every random number generator seeded with 0 as the test loop starts (a classifier's accuracy, a VAE's -ELBO, a language
+model's loss and bits per character, PPO's greedy return), then the model's own figures when it has an `evaluate(datamodule, **options)` (the
+Evaluates contract, lightning_modules/protocols.py). The model options below go to `evaluate` only when
+given, and only to a model whose `evaluate` takes them:
 
-    python scripts/evaluate.py --ckpt PATH --fid_classifier runs/fid/lenet5_mnist.ckpt \
-        --samplers ddpm,ddim50,ddim20 --data.root DIR
+    --episodes N, --seed S          PPO: greedy episodes played (default 20) and the first one's seed
+    --fid_classifier CKPT           DDPM: classifier FID of each sampler against the test set, and the
+    --samplers ddpm,ddim50,ddim20   DDIM inversion error; --seed seeds the samples
+
+`--video PATH.gif` saves one episode of a model that renders (the Renders contract) as an animated GIF.
 """
 
 import argparse
 import inspect
-import os
 import sys
 
+import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import LambdaCallback
 from PIL import Image
 
-from lightning_modules.checkpoint import load_model
+from lightning_modules.checkpoint import load_datamodule, load_model
+from lightning_modules.protocols import Evaluates, Renders, require
+from one_line_errors import BAD_INPUT, report
+
+TEST_SEED = 0  # the test loop runs seeded: a metric that draws (a VAE's sampled -ELBO) is reproducible
+MODEL_OPTIONS = ("episodes", "seed", "fid_classifier", "samplers")  # passed to evaluate() when given
 
 
 def save_gif(frames: list[np.ndarray], path: str, fps: float) -> None:
@@ -38,54 +43,60 @@ def save_gif(frames: list[np.ndarray], path: str, fps: float) -> None:
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="a .ckpt file written by scripts/fit.py")
-    parser.add_argument("--episodes", type=int, help="episodes to play (default: the model's own, 20 for PPO)")
-    parser.add_argument("--seed", type=int, help="seed of the evaluation (default: the model's own)")
+    parser.add_argument("--data.root", dest="data_root", help="where the data is now (default: as trained)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default cpu)")
     parser.add_argument("--video", metavar="PATH.gif", help="also save one episode as an animated GIF")
     parser.add_argument("--fps", type=float, default=50.0, help="frames per second of the GIF (default 50)")
-    generative = parser.add_argument_group("generative models")
-    generative.add_argument("--fid_classifier", help="classifier checkpoint whose features the FID uses")
-    generative.add_argument("--samplers", help="comma-separated samplers to score, e.g. ddpm,ddim50,ddim20")
-    generative.add_argument("--data.root", dest="data_root", help="where the test images are (default: as trained)")
+    model = parser.add_argument_group("model options (passed to the model's evaluate when given)")
+    model.add_argument("--episodes", type=int, help="episodes to play (PPO; default 20)")
+    model.add_argument("--seed", type=int, help="seed of the evaluation (default: the model's own)")
+    model.add_argument("--fid_classifier", help="classifier checkpoint whose features the FID uses (DDPM)")
+    model.add_argument("--samplers", help="comma-separated samplers to score, e.g. ddpm,ddim50,ddim20 (DDPM)")
     return parser.parse_args(argv)
 
 
-def optional_arguments(evaluate, options: argparse.Namespace, name: str) -> dict:
-    """The generative-model options that were given, refused in one line when the model does not take them."""
-    given = {k: getattr(options, k) for k in ("fid_classifier", "samplers", "data_root")}
-    given = {k: v for k, v in given.items() if v is not None}
-    accepted = inspect.signature(evaluate).parameters
+def evaluation_options(model: L.LightningModule, options: argparse.Namespace) -> dict:
+    """The model options that were given, refused in one line when the model's evaluate does not take them."""
+    given = {k: getattr(options, k) for k in MODEL_OPTIONS if getattr(options, k) is not None}
+    accepted = inspect.signature(model.evaluate).parameters if isinstance(model, Evaluates) else {}
     for key in given:
         if key not in accepted:
-            flag = "--data.root" if key == "data_root" else f"--{key}"
-            raise ValueError(f"{name}'s evaluation takes no {flag}; drop it")
+            raise ValueError(f"{type(model).__name__}'s evaluation takes no --{key}; drop it")
     return given
+
+
+def formatted(figures: dict) -> list[str]:
+    return [f"  {k} = {v:.4f}" if isinstance(v, float) else f"  {k} = {v}" for k, v in figures.items()]
 
 
 def run(options: argparse.Namespace) -> list[str]:
     model = load_model(options.ckpt)
     name = type(model).__name__
-    evaluate = getattr(model, "evaluate", None)
-    if evaluate is None:
-        raise ValueError(f"{name} defines no evaluate() method; see the docstring of scripts/evaluate.py")
-    kwargs = {} if options.seed is None else {"seed": options.seed}
-    if options.episodes is not None:
-        if "episodes" not in inspect.signature(evaluate).parameters:
-            raise ValueError(f"{name} is not evaluated in episodes; drop --episodes")
-        if options.episodes < 1:
-            raise ValueError(f"--episodes must be at least 1, got {options.episodes}")
-        kwargs["episodes"] = options.episodes
-    kwargs.update(optional_arguments(evaluate, options, name))
-    if options.video and not options.video.lower().endswith(".gif"):
-        raise ValueError(f"--video writes a GIF; name the file *.gif, got {options.video}")
-    if options.video and not hasattr(model, "render"):
-        raise ValueError(f"{name} has nothing to render; drop --video")
+    kwargs = evaluation_options(model, options)
+    if options.video:
+        require(model, Renders, "--video")
+        if not options.video.lower().endswith(".gif"):
+            raise ValueError(f"--video writes a GIF; name the file *.gif, got {options.video}")
+    datamodule = load_datamodule(options.ckpt, options.data_root)
+    lines = [f"{name} from {options.ckpt}"]
+    if datamodule is not None:
+        trainer = L.Trainer(
+            accelerator="gpu" if options.device == "cuda" else "cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            # Seeded when the loop starts, after the data is set up (which may draw random numbers of its own).
+            callbacks=[LambdaCallback(on_test_start=lambda *_: L.seed_everything(TEST_SEED, verbose=False))],
+        )
+        results = trainer.test(model, datamodule=datamodule, verbose=False)
+        lines += formatted({k: v for result in results for k, v in sorted(result.items())})
+    else:
+        model.to("cuda" if options.device == "cuda" else "cpu")
     with torch.no_grad():
-        figures = evaluate(**kwargs)
-        lines = [f"{name} from {options.ckpt}"]
-        lines += [
-            f"  {key} = {value:.4f}" if isinstance(value, float) else f"  {key} = {value}"
-            for key, value in figures.items()
-        ]
+        if isinstance(model, Evaluates):
+            lines += formatted(model.evaluate(datamodule, **kwargs))
         if options.video:
             frames = model.render(**({} if options.seed is None else {"seed": options.seed}))
             save_gif(frames, options.video, options.fps)
@@ -97,11 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     options = parse(sys.argv[1:] if argv is None else argv)
     try:
         lines = run(options)
-    except (ValueError, FileNotFoundError) as error:
-        if os.environ.get("LIGHTNING_ZOO_DEBUG"):
-            raise
-        print(f"evaluate.py: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+    except BAD_INPUT as error:
+        return report("evaluate.py", error)
     print("\n".join(lines))
     return 0
 

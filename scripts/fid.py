@@ -9,11 +9,11 @@ FID depends on the number of samples, so compare a model's score with the floor 
 """
 
 import argparse
-import os
 import sys
 
 from datamodules import DATAMODULES, ImageDataModule
 from lightning_modules.metrics import ClassifierFID, fid_floor
+from one_line_errors import BAD_INPUT, report
 
 # The image datasets read from files (not the embedded digits, which have no test set of their own).
 IMAGE_DATA = [
@@ -59,11 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     options = parse(sys.argv[1:] if argv is None else argv)
     try:
         print("\n".join(floors(options)))
-    except (ValueError, FileNotFoundError) as error:
-        if os.environ.get("LIGHTNING_ZOO_DEBUG"):
-            raise
-        print(f"fid.py: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+    except BAD_INPUT as error:
+        return report("fid.py", error)
     return 0
 
 

@@ -8,7 +8,6 @@
 `--data.*`, `--ckpt_path`, `--print_config`, `--config`). Set LIGHTNING_ZOO_DEBUG=1 for full tracebacks.
 """
 
-import os
 import re
 import sys
 import warnings
@@ -21,6 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from callbacks import FiniteLossCheck, RestoreRNGState
 from datamodules import DATAMODULES
 from lightning_modules.registry import config_path, model_names
+from one_line_errors import BAD_INPUT, debugging, print_error, report
 
 DEFAULT_SEED = 0
 # What a model needs to know about its data flows from the DataModule.
@@ -104,10 +104,9 @@ def condense(message: str, args: list[str]) -> str:
 
 class OneLineErrorParser(LightningArgumentParser):
     def error(self, message: str, *args, **kwargs):
-        if os.environ.get("LIGHTNING_ZOO_DEBUG"):
+        if debugging():
             return super().error(message, *args, **kwargs)
-        print(f"fit.py: error: {condense(message, sys.argv)} (see --help; {catalogue()})", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(print_error("fit.py", f"{condense(message, sys.argv)} (see --help; {catalogue()})"))
 
 
 def _data_fact(name: str):
@@ -198,17 +197,6 @@ def summary(cli: ZooCLI, results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def innermost(error: BaseException) -> str:
-    """The message of the exception at the bottom of a chain: jsonargparse wraps an error raised while
-    linking or instantiating in one of its own, several lines long, around the message that matters."""
-    while True:
-        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-        if not isinstance(inner, ValueError | FileNotFoundError | FloatingPointError):
-            break
-        error = inner
-    return " ".join(str(error).split())
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}\n"
@@ -222,11 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         ckpt_path = resolve_ckpt_path(cli.config.ckpt_path, cli.trainer)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
         results = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
-        if os.environ.get("LIGHTNING_ZOO_DEBUG"):
-            raise
-        print(f"fit.py: error: {innermost(error)}", file=sys.stderr)
-        return 2
+    except BAD_INPUT as error:
+        return report("fit.py", error)
     if cli.trainer.is_global_zero:
         print(summary(cli, results))
     return 0

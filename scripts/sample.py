@@ -18,7 +18,6 @@ and prints the reconstruction error.
 import argparse
 import inspect
 import math
-import os
 import sys
 
 import torch
@@ -26,6 +25,7 @@ from torchvision.utils import save_image
 
 from lightning_modules.checkpoint import load_model, read_checkpoint
 from lightning_modules.masks import MASKS
+from one_line_errors import BAD_INPUT, report
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -140,11 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             print(sample_images(model, options))
         else:
             raise ValueError(f"{type(model).__name__} has neither generate nor sample; nothing to draw")
-    except ValueError as error:
-        if os.environ.get("LIGHTNING_ZOO_DEBUG"):
-            raise
-        print(f"sample.py: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+    except BAD_INPUT as error:
+        return report("sample.py", error)
     return 0
 
 

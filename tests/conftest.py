@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))  # the scripts import each other, as they do when run
 # Sizes of the tiny sets; tests compare split sizes against these.
 N_TRAIN, N_TEST = 120, 40
 CELEBA_SPLITS = {0: 12, 2: 4}  # partition id -> images (0 train, 2 test)

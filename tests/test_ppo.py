@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from callbacks import SolvedAt
 from conftest import REPO, run_fit
 from datamodules.environments import GymDataModule
 from lightning_modules.rl.ppo import PPO
@@ -50,13 +51,14 @@ def quiet_trainer(**kwargs) -> L.Trainer:
 def test_rollout_shapes():
     model = PPO(num_envs=3, num_steps=7, num_minibatches=3)
     model.on_train_start()
-    rollout, (returns, lengths) = model.collect_rollout()
+    rollout, (returns, lengths, ends) = model.collect_rollout()
     model.on_train_end()
     assert rollout.observations.shape == (21, 4) and rollout.observations.dtype == torch.float32
     assert rollout.actions.shape == (21,) and rollout.actions.dtype == torch.long
     for name in ("log_probs", "values", "advantages", "returns"):
         assert getattr(rollout, name).shape == (21,), name
-    assert returns.shape == lengths.shape and model.count_throughput(None) == 21
+    assert returns.shape == lengths.shape == ends.shape and model.count_throughput(None) == 21
+    assert all(0 < end <= 21 for end in ends)  # within this first rollout of 3 x 7 steps
 
 
 def test_each_rollout_is_num_envs_x_num_steps_env_steps_and_k_x_m_optimizer_steps():
@@ -66,7 +68,7 @@ def test_each_rollout_is_num_envs_x_num_steps_env_steps_and_k_x_m_optimizer_step
     trainer = quiet_trainer(max_epochs=-1)  # the model stops the run after total_env_steps
     trainer.fit(model, datamodule=GymDataModule(eval_episodes=2))
     assert trainer.current_epoch == 3 and trainer.global_step == 3 * 2 * 5
-    assert StepCounting.steps == model.trained_env_steps == 3 * 3 * 10
+    assert StepCounting.steps == 3 * 3 * 10
     [result] = trainer.test(model, datamodule=GymDataModule(eval_episodes=2), verbose=False)
     assert StepCounting.steps >= 90 + 2 * 5  # the evaluation plays two whole episodes
     assert 0 <= result["test/mean_return"] <= 5 and "test/solved_at_env_steps" not in result  # no threshold
@@ -144,3 +146,27 @@ def test_fit_then_evaluate_script_prints_returns_and_saves_a_gif(tmp_path, capsy
         assert gif.n_frames > 1 and gif.size == (600, 400)  # CartPole's rgb_array frames
     assert evaluate(["--ckpt", checkpoint, "--video", str(tmp_path / "x.mp4")]) == 2
     assert "evaluate.py: error: --video writes a GIF" in capsys.readouterr().err
+
+
+def test_solved_at_marks_the_first_window_of_episodes_whose_mean_reaches_the_threshold():
+    L.seed_everything(0)
+    model = PPO(num_steps=32, num_minibatches=2)
+    recorded = []
+
+    class Recording(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            recorded.append((outputs["episode_returns"], outputs["episode_env_steps"]))
+
+    window, threshold = 4, 25.0
+    solved, default = SolvedAt(threshold=threshold, window=window), SolvedAt()
+    trainer = quiet_trainer(max_epochs=4, callbacks=[Recording(), solved, default])
+    trainer.fit(model, datamodule=GymDataModule(eval_episodes=2))
+    returns, ends = (np.concatenate(parts) for parts in zip(*recorded, strict=True))
+    # CartPole's returns are whole numbers, so the window sums (and mean >= threshold) are exact.
+    sums = np.convolve(returns, np.ones(window), mode="valid")  # sums[i]: episodes i .. i + window - 1
+    reached = np.flatnonzero(sums >= threshold * window)
+    assert len(reached) and reached[0] > 0  # the fixed seed's run crosses the threshold, not at once
+    assert solved.env_steps == ends[reached[0] + window - 1] and solved.seconds > 0
+    assert default.threshold == 475 and default.env_steps is None  # CartPole-v1's own threshold: not solved yet
+    rollout_ends = [(epoch + 1) * 4 * 32 for epoch, (r, _) in enumerate(recorded) for _ in r]
+    assert all(0 < end <= last for end, last in zip(ends, rollout_ends, strict=True))

@@ -95,7 +95,7 @@ def test_rollout_bootstraps_truncations_with_the_final_observation(env_id):
     torch.manual_seed(0)
     model = PPO(env_id=env_id, num_envs=2, num_steps=8, num_minibatches=2, gamma=0.9, gae_lambda=0.8)
     model.on_train_start()
-    rollout, (returns, lengths) = model.collect_rollout()
+    rollout, (returns, lengths, _) = model.collect_rollout()
     model.on_train_end()
     observations = rollout.observations.view(8, 2, 1)
     with torch.no_grad():

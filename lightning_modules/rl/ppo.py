@@ -3,11 +3,7 @@
 environment steps, then update_epochs x num_minibatches optimiser steps on it (manual optimisation).
 The defaults are CleanRL's ppo.py (4 x 128 steps, 4 x 4 minibatches, 500k steps), which solves CartPole-v1."""
 
-import os
-import time
-from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 
 import gymnasium as gym
 import lightning as L
@@ -15,22 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.environments import EVAL_SEED, make_vector_env
 from lightning_modules.rl.actor_critic import ActorCritic
-
-SOLVE_WINDOW = 20  # episodes averaged for the "solved" criterion (gymnasium's reward_threshold)
-_IMPORTED = time.perf_counter()
-
-
-def seconds_since_process_start() -> float:
-    """Wall time since this Python process started, imports included (Linux's /proc; elsewhere, since this module
-    was imported)."""
-    try:
-        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, starttime
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return time.perf_counter() - _IMPORTED
+from lightning_modules.rl.environments import EVAL_SEED, make_vector_env
 
 
 def generalized_advantages(
@@ -101,25 +83,6 @@ class Rollout:
     returns: Tensor
 
 
-class SolvedClock:
-    """When the mean return of the last `window` finished episodes first reached `threshold`: env steps and
-    wall time since the process started (imports included, as the reference implementation is timed)."""
-
-    def __init__(self, threshold: float | None, window: int = SOLVE_WINDOW) -> None:
-        self.threshold = threshold
-        self.returns: deque[float] = deque(maxlen=window)
-        self.env_steps: int | None = None
-        self.seconds: float | None = None
-
-    def add(self, returns: np.ndarray, env_steps: int) -> None:
-        for value in returns:
-            self.returns.append(float(value))
-            if self.threshold is None or self.env_steps is not None or len(self.returns) < self.returns.maxlen:
-                continue
-            if sum(self.returns) / len(self.returns) >= self.threshold:
-                self.env_steps, self.seconds = env_steps, seconds_since_process_start()
-
-
 class PPO(L.LightningModule):
     """PPO-clip with an MLP actor-critic: categorical policy for discrete actions, diagonal Gaussian for boxes."""
 
@@ -146,7 +109,6 @@ class PPO(L.LightningModule):
         max_grad_norm: float = 0.5,
         hidden_dim: int = 64,
         shared_trunk: bool = False,
-        solve_threshold: float | None = None,
     ) -> None:
         """
         Args:
@@ -169,8 +131,6 @@ class PPO(L.LightningModule):
             max_grad_norm: clip the global gradient norm to this.
             hidden_dim: width of the two tanh hidden layers of the actor and of the critic.
             shared_trunk: one hidden trunk for actor and critic instead of two.
-            solve_threshold: mean return over the last 20 training episodes that counts as solved (logged as
-                train/solved_at_env_steps); default the environment's reward_threshold (475 for CartPole-v1).
         """
         super().__init__()
         if (num_envs * num_steps) % num_minibatches:
@@ -187,13 +147,11 @@ class PPO(L.LightningModule):
         if not self.discrete:
             self.register_buffer("action_low", torch.as_tensor(action_space.low), persistent=False)
             self.register_buffer("action_high", torch.as_tensor(action_space.high), persistent=False)
-        threshold = gym.spec(env_id).reward_threshold if solve_threshold is None else solve_threshold
-        self.solved = SolvedClock(threshold)
+        # The mean return that counts as solving the environment (475 for CartPole-v1; None for Pendulum).
+        self.reward_threshold: float | None = gym.spec(env_id).reward_threshold
         self.rollout_env_steps = num_envs * num_steps
         self.num_rollouts = max(1, total_env_steps // self.rollout_env_steps)
         self.envs: gym.vector.VectorEnv | None = None
-        self.train_seconds = 0.0
-        self.trained_env_steps = 0
 
     # ---- environment interaction -------------------------------------------------------------------------------
 
@@ -210,10 +168,8 @@ class PPO(L.LightningModule):
         self.envs = make_vector_env(self.hparams.env_id, self.hparams.num_envs)
         observations, _ = self.envs.reset(seed=seed)
         self.next_observations = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
-        self.train_started = time.perf_counter()
 
     def on_train_end(self) -> None:
-        self.train_seconds = time.perf_counter() - self.train_started
         if self.envs is not None:
             self.envs.close()
             self.envs = None
@@ -221,7 +177,8 @@ class PPO(L.LightningModule):
     @torch.no_grad()
     def collect_rollout(self) -> tuple[Rollout, list[np.ndarray]]:
         """Step the environments num_steps times with the current policy; returns the flattened rollout with its
-        GAE advantages, and the (returns, lengths) of the episodes that finished during it."""
+        GAE advantages, and the (returns, lengths, end steps) of the episodes that finished during it: an
+        episode's end step is the run's environment step (all environments counted) at which it ended."""
         h, envs, device = self.hparams, self.envs, self.device
         T, N = h.num_steps, h.num_envs
         observations = torch.empty((T, N, *self.agent.observation_shape), device=device)
@@ -231,7 +188,7 @@ class PPO(L.LightningModule):
         rewards = np.empty((T, N), dtype=np.float32)
         terminated = np.empty((T, N), dtype=bool)
         truncated = np.empty((T, N), dtype=bool)
-        finished_returns, finished_lengths = [], []
+        finished_returns, finished_lengths, finished_at = [], [], []
         steps_before = self.current_epoch * self.rollout_env_steps
         obs = self.next_observations
         for t in range(T):
@@ -246,7 +203,7 @@ class PPO(L.LightningModule):
                 done = info["_episode"]
                 finished_returns.append(info["episode"]["r"][done])
                 finished_lengths.append(info["episode"]["l"][done])
-                self.solved.add(finished_returns[-1], steps_before + (t + 1) * N)
+                finished_at.append(np.full(done.sum(), steps_before + (t + 1) * N))
             obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
         self.next_observations = obs
 
@@ -272,7 +229,7 @@ class PPO(L.LightningModule):
             advantages.flatten(),
             (advantages + values).flatten(),
         )
-        episodes = [np.concatenate(x) if x else np.empty(0) for x in (finished_returns, finished_lengths)]
+        episodes = [np.concatenate(x) if x else np.empty(0) for x in (finished_returns, finished_lengths, finished_at)]
         return rollout, episodes
 
     # ---- learning ----------------------------------------------------------------------------------------------
@@ -313,30 +270,27 @@ class PPO(L.LightningModule):
                 history.append(torch.stack(list(stats.values())))
         return dict(zip(stats, torch.stack(history).mean(0), strict=True))
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        started = time.perf_counter()
-        rollout, (episode_returns, episode_lengths) = self.collect_rollout()
+    def training_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor | np.ndarray]:
+        """One rollout and the updates on it. Returns the loss (for the run's non-finite-loss check) and the
+        finished episodes' returns and end steps (for callbacks such as SolvedAt: the PlaysEpisodes contract)."""
+        rollout, (episode_returns, episode_lengths, episode_env_steps) = self.collect_rollout()
         stats = self.learn(rollout)
         if self.hparams.anneal_lr:
             self.lr_schedulers().step()
         env_steps = (self.current_epoch + 1) * self.rollout_env_steps
-        self.trained_env_steps += self.rollout_env_steps  # in this process (a resumed run started later)
         if self.current_epoch + 1 >= self.num_rollouts:
             self.trainer.should_stop = True
         if self.loggers:
             metrics = {f"train/{name}": float(value) for name, value in stats.items()}
             metrics["train/lr"] = self.optimizers().optimizer.param_groups[0]["lr"]
-            metrics["train/env_steps_per_s"] = self.rollout_env_steps / (time.perf_counter() - started)
             if len(episode_returns):
                 metrics["train/episodic_return"] = float(episode_returns.mean())
                 metrics["train/episodic_length"] = float(episode_lengths.mean())
-            if self.solved.env_steps is not None:
-                metrics["train/solved_at_env_steps"] = float(self.solved.env_steps)
             # Straight to the loggers, against environment steps (the x-axis of RL curves): self.log's
             # bookkeeping, made for per-batch metrics, would cost more than a rollout's learning steps.
             for logger in self.loggers:
                 logger.log_metrics(metrics, step=env_steps)
-        return stats["loss"]  # lets the run's non-finite-loss check see it
+        return {"loss": stats["loss"], "episode_returns": episode_returns, "episode_env_steps": episode_env_steps}
 
     def configure_optimizers(self):
         # fused: one kernel for all parameters; PPO's per-step cost is overhead, not arithmetic.
@@ -368,8 +322,14 @@ class PPO(L.LightningModule):
         envs.close()
         return returns
 
-    def evaluate(self, episodes: int = 20, seed: int = EVAL_SEED) -> dict[str, float]:
-        """The figures scripts/evaluate.py prints: mean and standard deviation of the greedy return."""
+    def evaluate(
+        self, datamodule: L.LightningDataModule | None, episodes: int = 20, seed: int = EVAL_SEED
+    ) -> dict[str, float]:
+        """The figures scripts/evaluate.py prints after the test's: mean and standard deviation of the greedy
+        return over `episodes` episodes seeded seed, seed + 1, ... (the environment is the model's own, so the
+        DataModule is not needed)."""
+        if episodes < 1:
+            raise ValueError(f"--episodes must be at least 1, got {episodes}")
         returns = self.greedy_returns(list(range(seed, seed + episodes)))
         return {"mean_return": float(returns.mean()), "std_return": float(returns.std()), "episodes": episodes}
 
@@ -390,10 +350,4 @@ class PPO(L.LightningModule):
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
         returns = torch.as_tensor(self.greedy_returns(batch.tolist()))
         metrics = {"test/mean_return": returns.mean(), "test/std_return": returns.std(correction=0)}
-        # How the training that just ran in this process went, so that benchmark.py prints it beside the return.
-        if self.trained_env_steps:
-            metrics["test/train_env_steps_per_s"] = self.trained_env_steps / max(self.train_seconds, 1e-9)
-            if self.solved.threshold is not None:
-                metrics["test/solved_at_env_steps"] = float(self.solved.env_steps or -1)
-                metrics["test/solved_after_s"] = float(self.solved.seconds or -1)
         self.log_dict(metrics, batch_size=len(batch))
