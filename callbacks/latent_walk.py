@@ -83,7 +83,7 @@ class LatentWalk(L.Callback):
         encoded = pl_module.encode(images)
         # Walk in flat vectors; a model whose code has a shape (a diffusion model's noise image) gets it back.
         code_shape, codes = encoded.shape[1:], encoded.flatten(1)
-        t = torch.linspace(0, 1, self.steps, device=codes.device)
+        t = torch.linspace(0, 1, self.steps, device=codes.device, dtype=codes.dtype)
         pairs = min(self.pairs, len(codes) // 2)
         starts, ends = codes[0 : 2 * pairs : 2], codes[1 : 2 * pairs : 2]
         generator = torch.Generator().manual_seed(self.seed)
