@@ -6,6 +6,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from callbacks.image_batches import first_test_images, is_due, output_folder, write_grid
+from lightning_modules.protocols import Encodes, require
 
 
 def lerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -75,6 +76,9 @@ class LatentWalk(L.Callback):
             raise ValueError("LatentWalk needs every_n_epochs >= 1, pairs >= 1, steps >= 2 and plane_side >= 2")
         self.every_n_epochs, self.pairs, self.steps = every_n_epochs, pairs, steps
         self.walk_step_size, self.plane_side, self.seed = walk_step_size, plane_side, seed
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        require(pl_module, Encodes, "LatentWalk")
 
     @torch.no_grad()
     def walks(self, pl_module: L.LightningModule, images: torch.Tensor) -> dict[str, torch.Tensor]:

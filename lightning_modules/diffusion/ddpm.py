@@ -48,6 +48,8 @@ class DDPM(L.LightningModule):
     `evaluate(datamodule)`."""
 
     throughput_unit = "samples"
+    # The figure of scripts/benchmark.py; the FID of the samples is logged by the SampleFID callback when it is on.
+    benchmark_metric = "test/loss"
 
     def __init__(
         self,
