@@ -6,6 +6,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from callbacks.image_batches import first_test_images, is_due, output_folder, write_grid
+from lightning_modules.protocols import Encodes, require
 
 
 def lerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -76,6 +77,9 @@ class LatentWalk(L.Callback):
         self.every_n_epochs, self.pairs, self.steps = every_n_epochs, pairs, steps
         self.walk_step_size, self.plane_side, self.seed = walk_step_size, plane_side, seed
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        require(pl_module, Encodes, "LatentWalk")
+
     @torch.no_grad()
     def walks(self, pl_module: L.LightningModule, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The decoded walks as image batches, row by row, keyed by name; `images` are >= 2 * pairs test
@@ -83,7 +87,7 @@ class LatentWalk(L.Callback):
         encoded = pl_module.encode(images)
         # Walk in flat vectors; a model whose code has a shape (a diffusion model's noise image) gets it back.
         code_shape, codes = encoded.shape[1:], encoded.flatten(1)
-        t = torch.linspace(0, 1, self.steps, device=codes.device)
+        t = torch.linspace(0, 1, self.steps, device=codes.device, dtype=codes.dtype)
         pairs = min(self.pairs, len(codes) // 2)
         starts, ends = codes[0 : 2 * pairs : 2], codes[1 : 2 * pairs : 2]
         generator = torch.Generator().manual_seed(self.seed)

@@ -9,6 +9,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 
 from callbacks.image_batches import is_due, output_folder, write_grid
+from lightning_modules.protocols import Samples, require
 
 
 def training_points(trainer: L.Trainer, max_points: int) -> torch.Tensor | None:
@@ -67,8 +68,7 @@ class SampleGrid(L.Callback):
         self._data: torch.Tensor | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not callable(getattr(pl_module, "sample", None)):
-            raise ValueError(f"SampleGrid needs a model with sample(n); {type(pl_module).__name__} has none")
+        require(pl_module, Samples, "SampleGrid")
 
     @torch.no_grad()
     def draw(self, pl_module: L.LightningModule) -> torch.Tensor:

@@ -13,14 +13,16 @@ the floor (`fid_floor`, training images against the same real set) at that numbe
 import hashlib
 import re
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 import torchvision.transforms.v2.functional as TF
-from torch import nn
+from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from lightning_modules.checkpoint import load_model
+from lightning_modules.protocols import Encodes, Samples
 
 # The states in which FrechetInceptionDistance accumulates the real side; the cache holds these.
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
@@ -276,3 +278,38 @@ def fid_floor(fid: ClassifierFID, train_images: torch.Tensor, n: int, seed: int 
         raise ValueError(f"the FID floor needs 2 <= n <= {len(train_images)} (the training images), got {n}")
     chosen = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[:n]
     return fid.score(train_images[chosen])
+
+
+def real_set_key(images: torch.Tensor) -> str:
+    """A cache key for `ClassifierFID.set_real` that tells real sets apart: their count, shape and pixel sum."""
+    return f"{len(images)}x{'x'.join(map(str, images.shape[1:]))}-{images.sum().item():.0f}"
+
+
+@torch.no_grad()
+def draw_samples(model: Samples, n: int, sample_args: dict[str, Any], seed: int = 0, batch_size: int = 500) -> Tensor:
+    """`n` samples of `model.sample(k, **sample_args)` on the CPU, drawn `batch_size` at a time from the global
+    random stream seeded with `seed` inside `torch.random.fork_rng`, so the caller's stream is left as it was."""
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"drawing samples needs n >= 1 and batch_size >= 1, got {n} and {batch_size}")
+    device = getattr(model, "device", torch.device("cpu"))
+    accelerator = [] if device.type == "cpu" else [device]
+    with torch.random.fork_rng(devices=accelerator, device_type=None if device.type == "cpu" else device.type):
+        torch.manual_seed(seed)
+        chunks = [
+            model.sample(min(batch_size, n - done), **sample_args).float().cpu() for done in range(0, n, batch_size)
+        ]
+    return torch.cat(chunks)
+
+
+def fid_of_samples(
+    model: Samples, fid: ClassifierFID, n: int, sample_args: dict[str, Any], seed: int = 0, batch_size: int = 500
+) -> float:
+    """The classifier FID of `n` seeded samples of `model` (drawn with `sample_args`) against `fid`'s real set."""
+    return fid.score(draw_samples(model, n, sample_args, seed, batch_size))["fid"]
+
+
+@torch.no_grad()
+def reconstruction_mse(model: Encodes, images: Tensor) -> float:
+    """Mean squared error of decode(encode(x)) against x, in the images' [0, 1] units (for a diffusion model:
+    DDIM inversion followed by regeneration)."""
+    return float((model.decode(model.encode(images)) - images).pow(2).mean())

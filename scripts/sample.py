@@ -23,8 +23,9 @@ import sys
 import torch
 from torchvision.utils import save_image
 
-from lightning_modules.checkpoint import load_model, read_checkpoint
+from lightning_modules.checkpoint import load_datamodule, load_model, read_checkpoint
 from lightning_modules.masks import MASKS
+from lightning_modules.protocols import Encodes, GeneratesText, Inpaints, Samples, missing, require
 from one_line_errors import BAD_INPUT, report
 
 
@@ -98,15 +99,17 @@ def sample_images(model, options: argparse.Namespace) -> str:
     return f"{options.n} samples of {type(model).__name__} written to {options.out}"
 
 
-def test_images(model, options: argparse.Namespace, method: str) -> torch.Tensor:
-    name = type(model).__name__
-    if not hasattr(model, method) or not hasattr(model, "test_images"):
-        raise ValueError(f"{name} cannot {method}; --inpaint and --invert are for diffusion models")
-    return model.test_images(options.data_root)[: options.n].to(model.device)
+def test_images(options: argparse.Namespace) -> torch.Tensor:
+    """The first --n test images of the DataModule the checkpoint records, as a test step sees them."""
+    datamodule = load_datamodule(options.ckpt, options.data_root)
+    if datamodule is None or not callable(getattr(datamodule, "batch", None)):
+        raise ValueError(f"checkpoint {options.ckpt} records no image DataModule; --inpaint and --invert need one")
+    return datamodule.batch("test", options.n)[0]
 
 
 def inpaint_images(model, options: argparse.Namespace) -> str:
-    x = test_images(model, options, "inpaint")
+    require(model, Inpaints, "sample.py --inpaint")
+    x = test_images(options).to(model.device)
     mask = MASKS[options.inpaint](x.shape).to(x.device)
     generator = torch.Generator(device=model.device).manual_seed(options.seed)
     filled = model.inpaint(x, mask, steps=options.steps, resample=options.resample, generator=generator)
@@ -115,7 +118,8 @@ def inpaint_images(model, options: argparse.Namespace) -> str:
 
 
 def invert_images(model, options: argparse.Namespace) -> str:
-    x = test_images(model, options, "encode")
+    require(model, Encodes, "sample.py --invert")
+    x = test_images(options).to(model.device)
     latents = model.encode(x, steps=options.steps)
     back = model.decode(latents, steps=options.steps)
     error = (back - x).pow(2).mean().item()
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     options = parse(sys.argv[1:] if argv is None else argv)
     try:
         model = load_model(options.ckpt, map_location=options.device)
-        if hasattr(model, "generate"):
+        if not missing(model, GeneratesText):
             print(sample_text(model, options))
         elif options.n < 1:
             raise ValueError(f"--n must be at least 1, got {options.n}")
@@ -136,10 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             print(inpaint_images(model, options))
         elif options.invert:
             print(invert_images(model, options))
-        elif hasattr(model, "sample"):
-            print(sample_images(model, options))
         else:
-            raise ValueError(f"{type(model).__name__} has neither generate nor sample; nothing to draw")
+            require(model, Samples, "sample.py (or GeneratesText for --prompt)")
+            print(sample_images(model, options))
     except BAD_INPUT as error:
         return report("sample.py", error)
     return 0

@@ -174,3 +174,62 @@ def test_floor_script_errors_are_one_line(lenet_checkpoint, data_root, empty_roo
     args = ["--classifier", str(lenet_checkpoint), "--data", "mnist", "--data.root", str(data_root), "--n", "1000"]
     assert fid_script.main(args) == 2
     assert "2 <= n <= 108" in capsys.readouterr().err
+
+
+class Replay(L.LightningModule):
+    """A `Samples` and `Encodes` model without a network: `sample` gives the test images themselves or blobs,
+    `decode(encode(x))` is x plus a known offset."""
+
+    def __init__(self, real: torch.Tensor, offset: float = 0.0) -> None:
+        super().__init__()
+        self.real, self.offset = real, offset
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        pass
+
+    def sample(self, n: int, source: str = "real") -> torch.Tensor:
+        return self.real[:n] if source == "real" else blobs(n, seed=0)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z.reshape(-1, *self.real.shape[1:]) + self.offset
+
+
+def test_the_scoring_callbacks_log_what_they_measure(lenet_checkpoint, data_root):
+    from callbacks.inversion_error import InversionError
+    from callbacks.sample_fid import SampleFID
+    from datamodules import MNISTDataModule
+
+    datamodule = MNISTDataModule(root=str(data_root), batch_size=8)
+    datamodule.setup("test")
+    real = datamodule.batch("test")[0]
+    model = Replay(real, offset=0.1)
+    samplers = {"real": {"source": "real"}, "blobs": {"source": "blobs"}}
+    callbacks = [SampleFID(str(lenet_checkpoint), n=len(real), samplers=samplers), InversionError(n=4)]
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+    results = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    # The test split scored against itself: the Frechet distance of identical statistics, 0 up to the float32
+    # rounding (relative ~1e-7) of the eigenvalues of covariances whose traces are of order 1-10.
+    assert results["test/fid_real"] == pytest.approx(0.0, abs=1e-4)
+    # Other images against the whole test split: what ClassifierFID gives directly, to the same rounding.
+    direct = ClassifierFID(lenet_checkpoint)
+    direct.set_real(real)
+    assert results["test/fid_blobs"] == pytest.approx(direct.score(blobs(len(real), seed=0))["fid"], rel=1e-5)
+    assert results["test/fid_blobs"] > 1.0
+    # decode(encode(x)) = x + 0.1 everywhere: a mean squared error of 0.01, to float32 rounding.
+    assert results["test/inversion_mse"] == pytest.approx(0.01, rel=1e-5)
+
+
+def test_the_scoring_callbacks_refuse_models_without_the_contract(lenet_checkpoint, tmp_path):
+    from callbacks.inversion_error import InversionError
+    from callbacks.sample_fid import SampleFID
+
+    model = L.LightningModule()  # samples nothing, encodes nothing
+    with pytest.raises(ValueError, match=r"LightningModule cannot be used for SampleFID: it has no sample\(\)"):
+        SampleFID(str(lenet_checkpoint)).setup(L.Trainer(logger=False), model, "test")
+    with pytest.raises(ValueError, match=r"it has no encode\(\), decode\(\)"):
+        InversionError().setup(L.Trainer(logger=False), model, "test")
+    with pytest.raises(FileNotFoundError, match="nope.ckpt not found; train one"):
+        SampleFID(str(tmp_path / "nope.ckpt")).setup(L.Trainer(logger=False), Replay(torch.rand(2, 1, 28, 28)), "test")

@@ -88,9 +88,9 @@ def test_prompt_outside_the_vocabulary_is_one_clear_line(gpt_checkpoint, capsys)
     assert "outside the model's vocabulary: 'XZ€'" in error
 
 
-def test_image_grid_from_a_vae(tmp_path):
-    # The checkpoint layout scripts/fit.py writes (LightningCLI records the class in `_class_path`), made
-    # in-process: training a VAE here would only slow the suite down.
+def vae_checkpoint(tmp_path):
+    """The checkpoint layout scripts/fit.py writes (LightningCLI records the class in `_class_path`), made
+    in-process: training a VAE here would only slow the suite down."""
     model = VAE(image_shape=(1, 8, 8), hidden_dim=16, latent_dim=2)
     checkpoint = tmp_path / "vae.ckpt"
     hyper_parameters = {**model.hparams, "_class_path": "lightning_modules.autoencoders.vae.VAE"}
@@ -102,10 +102,24 @@ def test_image_grid_from_a_vae(tmp_path):
         },
         checkpoint,
     )
+    return checkpoint
+
+
+def test_image_grid_from_a_vae(tmp_path):
+    checkpoint = vae_checkpoint(tmp_path)
     out = tmp_path / "grid.png"
     assert sample_script.main(["--ckpt", str(checkpoint), "--n", "9", "--out", str(out)]) == 0
     # make_grid's layout: 3 x 3 images of 8 x 8 with 2-pixel padding around and between them.
     assert Image.open(out).size == (3 * 8 + 4 * 2, 3 * 8 + 4 * 2)
+
+
+def test_inpainting_needs_the_contract_and_inversion_the_recorded_data(tmp_path, capsys):
+    checkpoint = str(vae_checkpoint(tmp_path))
+    assert sample_script.main(["--ckpt", checkpoint, "--n", "2", "--inpaint", "box"]) == 2
+    assert "VAE cannot be used for sample.py --inpaint: it has no inpaint()" in capsys.readouterr().err
+    # A VAE encodes and decodes, so --invert takes it; this checkpoint records no DataModule to take images from.
+    assert sample_script.main(["--ckpt", checkpoint, "--n", "2", "--invert"]) == 2
+    assert "records no image DataModule" in capsys.readouterr().err
 
 
 def test_missing_checkpoint(tmp_path, capsys):

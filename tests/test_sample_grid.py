@@ -90,7 +90,7 @@ def test_without_a_logger_nothing_is_written(tmp_path):
 
 
 def test_a_model_without_sample_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="SampleGrid needs a model with sample\\(n\\); NoSample has none"):
+    with pytest.raises(ValueError, match=r"NoSample cannot be used for SampleGrid: it has no sample\(\)"):
         fit(NoSample(), tmp_path, [SampleGrid()])
 
 

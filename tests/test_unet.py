@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_modules.blocks.conditioning import TimeClassEmbedding, timestep_embedding
 from lightning_modules.blocks.mlp_denoiser import MLPDenoiser
-from lightning_modules.blocks.unet import AttentionBlock, MultiHeadUNet, UNet, timestep_embedding
+from lightning_modules.blocks.unet import AttentionBlock, MultiHeadUNet, UNet
 
 SMALL = {"base_channels": 8, "num_heads": 2}
 
@@ -160,6 +161,24 @@ def test_mlp_denoiser() -> None:
 def test_bad_arguments(build, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_time_class_embedding_is_the_sum_with_a_null_label_row() -> None:
+    torch.manual_seed(0)
+    block = TimeClassEmbedding(sinusoid_dim=6, dim=12, num_classes=3, owner="test")
+    t, y = torch.tensor([0, 5, 40]), torch.tensor([2, 0, 1])
+    time_part = block.time_mlp(timestep_embedding(t, 6))
+    torch.testing.assert_close(block(t, y), time_part + block.class_embedding.weight[y])
+    # No labels: the reserved row num_classes (= 3), so a conditional network also runs unconditionally.
+    torch.testing.assert_close(block(t), time_part + block.class_embedding.weight[3].expand(3, -1))
+    # The embedding follows the network's dtype (a float64 network gets a float64 embedding, not float32).
+    assert block.double()(t, y).dtype == torch.float64
+
+
+@pytest.mark.parametrize("network", [UNet(**SMALL), MLPDenoiser()])
+def test_both_denoisers_condition_through_the_shared_embedding(network: nn.Module) -> None:
+    assert isinstance(network.embedding, TimeClassEmbedding)
+    assert not any("class_embedding" in name for name, _ in network.named_children())
 
 
 def test_bad_inputs() -> None:

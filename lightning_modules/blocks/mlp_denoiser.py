@@ -1,12 +1,12 @@
-"""A residual MLP denoiser for low-dimensional data (the toy 2-D distributions): the U-Net's timestep embedding
-and conditioning, with fully connected layers in place of convolutions. Maps (B, D) noisy points, (B,) timesteps
-and optional (B,) labels to (B, D)."""
+"""A residual MLP denoiser for low-dimensional data (the toy 2-D distributions): the U-Net's timestep and class
+conditioning (blocks/conditioning.py), with fully connected layers in place of convolutions. Maps (B, D) noisy
+points, (B,) timesteps and optional (B,) labels to (B, D)."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.blocks.unet import timestep_embedding
+from lightning_modules.blocks.conditioning import TimeClassEmbedding
 
 
 class MLPBlock(nn.Module):
@@ -28,16 +28,16 @@ class MLPDenoiser(nn.Module):
     2-layer MLP) plus a class embedding when `num_classes` is given, and a Linear output layer."""
 
     def __init__(
-        self, data_dim: int = 2, hidden: int = 128, depth: int = 3, time_dim: int = 64, num_classes: int | None = None
+        self, data_dim: int = 2, num_classes: int | None = None, hidden: int = 128, depth: int = 3, time_dim: int = 64
     ) -> None:
         """
         Args:
-            data_dim: dimension D of the data points.
+            data_dim: dimension D of the data points (given by the model, from the data).
+            num_classes: number of class labels for conditioning (given by the model); None = unconditional. The
+                label `num_classes` itself is reserved as "no label" (used when y is None), as in `UNet`.
             hidden: width of the hidden layers.
             depth: number of residual blocks.
             time_dim: width of the sinusoidal timestep embedding and of its MLP.
-            num_classes: number of class labels for conditioning; None = unconditional. The label `num_classes`
-                itself is reserved as "no label" (used when y is None), as in `UNet`.
         """
         super().__init__()
         if min(data_dim, hidden, depth, time_dim) < 1:
@@ -45,12 +45,7 @@ class MLPDenoiser(nn.Module):
                 f"MLPDenoiser needs positive data_dim, hidden, depth and time_dim, got {data_dim}, {hidden}, "
                 f"{depth}, {time_dim}"
             )
-        if num_classes is not None and num_classes < 1:
-            raise ValueError(f"MLPDenoiser num_classes must be >= 1 or None, got {num_classes}")
-        self.time_dim, self.num_classes = time_dim, num_classes
-        self.time_mlp = nn.Sequential(nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
-        # one extra row: the "no label" embedding, so a conditional model can also be run unconditionally
-        self.class_embedding = nn.Embedding(num_classes + 1, time_dim) if num_classes is not None else None
+        self.embedding = TimeClassEmbedding(time_dim, time_dim, num_classes, "MLPDenoiser")
         self.input = nn.Linear(data_dim, hidden)
         self.blocks = nn.ModuleList([MLPBlock(hidden, time_dim) for _ in range(depth)])
         self.output = nn.Sequential(nn.SiLU(), nn.Linear(hidden, data_dim))
@@ -65,13 +60,7 @@ class MLPDenoiser(nn.Module):
         Returns:
             (B, data_dim).
         """
-        embedding = self.time_mlp(timestep_embedding(t, self.time_dim))
-        if self.class_embedding is not None:
-            if y is None:
-                y = torch.full_like(t, self.num_classes, dtype=torch.long)
-            embedding = embedding + self.class_embedding(y)
-        elif y is not None:
-            raise ValueError("MLPDenoiser got class labels y but was built without num_classes; pass num_classes=...")
+        embedding = self.embedding(t, y)
         h = self.input(x)
         for block in self.blocks:
             h = block(h, embedding)

@@ -1,36 +1,16 @@
 """The denoising U-Net of DDPM (Ho et al. 2020, appendix B) with the refinements of Nichol & Dhariwal 2021
-(multi-head attention, class embedding added to the time embedding), plus a sinusoidal timestep embedding and an
-ensemble of independent U-Nets. Each network maps noisy images x_t, timesteps t (and optional labels y) to a
+(multi-head attention, class embedding added to the time embedding, blocks/conditioning.py), and an ensemble of
+independent U-Nets. Each network maps noisy images x_t, timesteps t (and optional labels y) to a
 tensor of the images' shape (the predicted noise, or whatever the caller trains it to predict)."""
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of timesteps: cos(t w_i) and sin(t w_i) with frequencies w_i = max_period^(-i / half)
-    (the position encoding of Vaswani et al. 2017, sec. 3.5, used for t by Ho et al. 2020, appendix B).
-
-    Args:
-        t: (B,) timesteps, integer or float (fractional t gives the in-between embedding).
-        dim: embedding width; an odd width gets a zero last column.
-        max_period: the longest wavelength, which sets the lowest frequency.
-
-    Returns:
-        (B, dim) float32 embedding.
-    """
-    if t.dim() != 1:
-        raise ValueError(f"timestep_embedding expects t of shape (B,), got {tuple(t.shape)}; pass one t per sample")
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        embedding = F.pad(embedding, (0, 1))
-    return embedding
+from lightning_modules.blocks.conditioning import TimeClassEmbedding
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -134,6 +114,7 @@ class UNet(nn.Module):
     def __init__(
         self,
         in_channels: int = 1,
+        num_classes: int | None = None,
         out_channels: int | None = None,
         base_channels: int = 32,
         channel_mults: tuple[int, ...] = (1, 2, 2),
@@ -141,11 +122,13 @@ class UNet(nn.Module):
         attention_levels: tuple[int, ...] = (2,),
         num_heads: int = 4,
         dropout: float = 0.0,
-        num_classes: int | None = None,
     ) -> None:
         """
         Args:
-            in_channels: channels of the input images.
+            in_channels: channels of the input images (given by the model, from the data).
+            num_classes: number of class labels for conditioning (given by the model); None = unconditional. The
+                label `num_classes` itself is reserved as "no label" (used when y is None, for classifier-free
+                guidance, Ho & Salimans 2021).
             out_channels: channels of the output; None = in_channels.
             base_channels: width of level 0; level i has base_channels * channel_mults[i].
             channel_mults: one multiplier per resolution level; len(channel_mults) - 1 downsamplings.
@@ -154,9 +137,6 @@ class UNet(nn.Module):
                 the middle block always has it.
             num_heads: attention heads (must divide the width at every attention level and the middle).
             dropout: dropout in the residual blocks.
-            num_classes: number of class labels for conditioning; None = unconditional. The label
-                `num_classes` itself is reserved as "no label" (used when y is None, for classifier-free
-                guidance, Ho & Salimans 2021).
         """
         super().__init__()
         if base_channels < 1 or not channel_mults or min(channel_mults) < 1:
@@ -173,18 +153,13 @@ class UNet(nn.Module):
                 f"attention_levels {bad_levels} do not exist; with channel_mults={channel_mults} pass levels "
                 f"in 0..{len(channel_mults) - 1}"
             )
-        if num_classes is not None and num_classes < 1:
-            raise ValueError(f"UNet num_classes must be >= 1 or None, got {num_classes}")
         self.in_channels = in_channels
         self.out_channels = out_channels or in_channels
         self.base_channels = base_channels
         self.num_levels = len(channel_mults)
-        self.num_classes = num_classes
 
         time_dim = 4 * base_channels  # Ho et al. 2020: the embedding MLP is 4x the base width
-        self.time_mlp = nn.Sequential(nn.Linear(base_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
-        # one extra row: the "no label" embedding, so a conditional model can also be run unconditionally
-        self.class_embedding = nn.Embedding(num_classes + 1, time_dim) if num_classes is not None else None
+        self.embedding = TimeClassEmbedding(base_channels, time_dim, num_classes, "UNet")
 
         def stage(stage_in: int, stage_out: int, attention: bool) -> nn.ModuleList:
             """One residual block, followed by self-attention when the level has it."""
@@ -227,17 +202,6 @@ class UNet(nn.Module):
         nn.init.zeros_(self.output[-1].weight)
         nn.init.zeros_(self.output[-1].bias)
 
-    def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """The (B, 4 * base_channels) embedding every residual block receives: MLP(sinusoid(t)) + class(y)."""
-        embedding = self.time_mlp(timestep_embedding(t, self.base_channels))
-        if self.class_embedding is not None:
-            if y is None:
-                y = torch.full_like(t, self.num_classes, dtype=torch.long)
-            embedding = embedding + self.class_embedding(y)
-        elif y is not None:
-            raise ValueError("UNet got class labels y but was built without num_classes; pass num_classes=...")
-        return embedding
-
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
@@ -248,7 +212,7 @@ class UNet(nn.Module):
         Returns:
             (B, out_channels, H, W).
         """
-        embedding = self.embed(t, y)
+        embedding = self.embedding(t, y)
         h = self.input_conv(x)
         skips = [h]
         for stage in self.down:
@@ -273,12 +237,21 @@ class MultiHeadUNet(nn.Module):
     """K independent U-Nets (no shared parameters) run on the same input; their outputs are averaged ("mean") or
     concatenated and mixed by a 1x1 conv ("conv")."""
 
-    def __init__(self, heads: int, mix: str = "mean", **unet_args) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int | None = None,
+        heads: int = 3,
+        mix: Literal["mean", "conv"] = "mean",
+        **unet_args,
+    ) -> None:
         """
         Args:
+            in_channels: channels of the input images (given by the model, from the data).
+            num_classes: number of class labels for conditioning (given by the model); None = unconditional.
             heads: number of U-Nets, >= 1.
             mix: "mean" (average of the heads) or "conv" (a learned 1x1 conv over the concatenated heads).
-            **unet_args: the arguments of every `UNet`.
+            **unet_args: the other arguments of every `UNet` (base_channels, channel_mults, ...).
         """
         super().__init__()
         if heads < 1:
@@ -286,7 +259,7 @@ class MultiHeadUNet(nn.Module):
         if mix not in ("mean", "conv"):
             raise ValueError(f"MultiHeadUNet mix {mix!r} unknown; choose 'mean' or 'conv'")
         self.mix = mix
-        self.heads = nn.ModuleList([UNet(**unet_args) for _ in range(heads)])
+        self.heads = nn.ModuleList([UNet(in_channels, num_classes, **unet_args) for _ in range(heads)])
         out_channels = self.heads[0].out_channels
         self.mixer = None
         if mix == "conv":

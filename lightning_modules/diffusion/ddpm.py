@@ -1,14 +1,11 @@
 """DDPM (Ho et al. 2020) as a LightningModule: a time-conditioned denoiser trained on the noise-prediction loss,
 sampled with the ancestral sampler or DDIM (Song et al. 2021), inverted to its noise latent, and used for
-inpainting. The mathematics lives in lightning_modules/diffusion/gaussian_diffusion.py, the networks in blocks/unet.py and
-blocks/mlp_denoiser.py. Images are mapped from the DataModule's [0, 1] to the model's [-1, 1] here and back,
-nowhere else; toy 2-D points are modelled as they are."""
+inpainting. The mathematics lives in lightning_modules/diffusion/gaussian_diffusion.py; the network is injected
+(blocks/unet.py, blocks/mlp_denoiser.py). Images are mapped from the DataModule's [0, 1] to the model's [-1, 1]
+here and back, nowhere else; toy 2-D points are modelled as they are."""
 
-import importlib
-import inspect
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import lightning as L
 import torch
@@ -25,42 +22,43 @@ from lightning_modules.diffusion.gaussian_diffusion import (
     eps_from_v,
     inpaint,
 )
+from lightning_modules.metrics import ClassifierFID, fid_of_samples, real_set_key, reconstruction_mse
 from lightning_modules.optim import WarmupDecay, warmup_decay
 
+# A denoiser class with its options bound: called with the data's channels (or point dimension) and the number
+# of classes it is conditioned on (None: unconditional). On the command line, a class path whose init_args
+# leave out those two first parameters.
+DenoiserFactory = Callable[[int, int | None], nn.Module]
+IMAGE_DENOISERS = (UNet, MultiHeadUNet)
+MLP_PATH = f"{MLPDenoiser.__module__}.{MLPDenoiser.__qualname__}"
 
-def parse_sampler(spec: str) -> tuple[str, int | None]:
-    """ "ddpm" (all T steps) or "ddimN" (N DDIM steps, eta 0), the names used by `fid_samplers`."""
+
+def parse_sampler(spec: str) -> dict[str, object]:
+    """The `sample` arguments of a sampler name: "ddpm" (all T steps) or "ddimN" (N DDIM steps, eta 0)."""
     if spec == "ddpm":
-        return "ddpm", None
+        return {"sampler": "ddpm"}
     if spec.startswith("ddim") and spec[4:].isdigit():
-        return "ddim", int(spec[4:])
+        return {"sampler": "ddim", "steps": int(spec[4:]), "eta": 0.0}
     raise ValueError(f"sampler {spec!r} unknown; write ddpm or ddimN, e.g. ddim50")
 
 
 class DDPM(L.LightningModule):
     """Denoising diffusion probabilistic model with DDIM sampling and inversion.
 
-    Methods: `sample(n)`, `encode(x)` (DDIM inversion) and `decode(z)`, `inpaint(x, mask)`, `evaluate()`."""
+    Methods: `sample(n)`, `encode(x)` (DDIM inversion) and `decode(z)`, `inpaint(x, mask)`,
+    `evaluate(datamodule)`."""
 
     throughput_unit = "samples"
+    # The figure of scripts/benchmark.py; the FID of the samples is logged by the SampleFID callback when it is on.
+    benchmark_metric = "test/loss"
 
     def __init__(
         self,
+        denoiser: DenoiserFactory | None = None,
         image_shape: tuple[int, int, int] | None = (1, 28, 28),
         data_dim: int | None = None,
         num_classes: int | None = None,
         class_conditional: bool = False,
-        network: Literal["auto", "unet", "mlp"] = "auto",
-        base_channels: int = 32,
-        channel_mults: Sequence[int] = (1, 2, 2),
-        num_res_blocks: int = 2,
-        attention_levels: Sequence[int] = (2,),
-        num_heads: int = 4,
-        dropout: float = 0.1,
-        heads: int = 1,
-        head_mix: Literal["mean", "conv"] = "mean",
-        mlp_hidden: int = 128,
-        mlp_depth: int = 3,
         schedule: Literal["linear", "cosine"] = "linear",
         timesteps: int = 1000,
         prediction: Literal["eps", "v"] = "eps",
@@ -70,31 +68,18 @@ class DDPM(L.LightningModule):
         sample_steps: int = 50,
         eta: float = 0.0,
         clip_denoised: bool = True,
-        fid_classifier: str | None = None,
-        fid_samples: int = 1000,
-        fid_samplers: Sequence[str] = ("ddim50",),
-        inversion_test_images: int = 0,
         inversion_steps: int = 100,
         inversion_refine: int = 1,
         compile: bool = False,
     ) -> None:
         """
         Args:
+            denoiser: the network, called as denoiser(channels or point dimension, num_classes or None); None
+                picks UNet (its defaults) for images and MLPDenoiser for points. The config's is a 0.69M UNet.
             image_shape: (C, H, W) of image data; set from the DataModule by scripts/fit.py.
             data_dim: dimension of point data (toy 2-D); set from the DataModule.
             num_classes: classes of the data; set from the DataModule (used when class_conditional).
             class_conditional: condition the denoiser on the label (sampling then takes labels `y`).
-            network: "unet" for images, "mlp" for points; "auto" picks by the data.
-            base_channels: U-Net width at full resolution.
-            channel_mults: U-Net width multiplier per resolution level (each level halves the resolution).
-            num_res_blocks: residual blocks per U-Net level.
-            attention_levels: the levels (0 = full resolution) with self-attention; the middle always has it.
-            num_heads: attention heads.
-            dropout: dropout in the residual blocks.
-            heads: K > 1 trains K small independent U-Nets on the same input (the multi-head variant).
-            head_mix: how the K outputs are combined: "mean" or "conv" (concatenated, mixed by a 1x1 conv).
-            mlp_hidden: width of the MLP denoiser.
-            mlp_depth: hidden layers of the MLP denoiser.
             schedule: "linear" (Ho et al.: 1e-4 to 0.02) or "cosine" (Nichol & Dhariwal 2021).
             timesteps: T.
             prediction: the network's target: "eps" (Ho et al. eq. 14) or "v" (Salimans & Ho 2022).
@@ -105,56 +90,42 @@ class DDPM(L.LightningModule):
             eta: default DDIM stochasticity (0 deterministic, 1 with every step = DDPM).
             clip_denoised: clip each step's predicted x_0 to the image range [-1, 1] when sampling (as Ho et al.'s
                 and Song et al.'s code do); inversion never clips.
-            fid_classifier: a classifier checkpoint (scripts/fit.py --model lenet5); when set, the test computes
-                the classifier FID of `fid_samples` samples per sampler in `fid_samplers` against the test set.
-            fid_samples: samples drawn per sampler for the FID.
-            fid_samplers: which samplers the test scores: "ddpm" or "ddimN" (N steps, eta 0).
-            inversion_test_images: the test also inverts this many test images with DDIM and regenerates
-                them, logging the mean squared error in [0, 1] pixel units; 0 to skip.
-            inversion_steps: DDIM steps of that inversion and of `encode`/`decode`.
+            inversion_steps: DDIM steps of `encode` and `decode`.
             inversion_refine: fixed-point iterations per inversion step (0 = plain DDIM inversion; each one
                 costs a network evaluation and makes decode(encode(x)) much closer to x).
-            compile: wrap the denoiser in torch.compile.
+            compile: compile the denoiser in place (torch.compile); its state_dict keys stay the plain ones.
         """
         super().__init__()
         self.save_hyperparameters()
-        for spec in fid_samplers:
-            parse_sampler(spec)
-        self.points = image_shape is None or network == "mlp"
+        self.points = image_shape is None
         if self.points and not data_dim:
-            raise ValueError("the mlp denoiser models points; use it with --data toy2d (or network unet for images)")
-        if not self.points and image_shape is None:
-            raise ValueError("the unet denoiser needs image data; use --model.network mlp for points")
-        self.denoiser = self.build_denoiser()
+            raise ValueError(
+                "DDPM needs image_shape (images) or data_dim (points); scripts/fit.py sets them from --data"
+            )
+        if class_conditional and not num_classes:
+            raise ValueError("--model.class_conditional needs labelled data: the DataModule gives no num_classes")
+        self.denoiser = self.build_denoiser(denoiser)
         self.schedule = NoiseSchedule(schedule, timesteps)
-        self.benchmark_metric = f"test/fid_{fid_samplers[0]}" if fid_classifier and fid_samplers else "test/loss"
-        self.data_spec: dict[str, Any] | None = None
-        self._real_images: list[torch.Tensor] = []
+        if compile:
+            self.denoiser.compile()  # in place, as the GPT does: checkpoints keep the plain module's keys
 
-    def build_denoiser(self) -> nn.Module:
+    def build_denoiser(self, factory: DenoiserFactory | None) -> nn.Module:
         h = self.hparams
         classes = h.num_classes if h.class_conditional else None
-        if h.class_conditional and not h.num_classes:
-            raise ValueError("class_conditional needs labelled data: the DataModule gives no num_classes")
-        if self.points:
-            return MLPDenoiser(h.data_dim, h.mlp_hidden, h.mlp_depth, num_classes=classes)
-        unet_args = dict(
-            in_channels=h.image_shape[0],
-            base_channels=h.base_channels,
-            channel_mults=tuple(h.channel_mults),
-            num_res_blocks=h.num_res_blocks,
-            attention_levels=tuple(h.attention_levels),
-            num_heads=h.num_heads,
-            dropout=h.dropout,
-            num_classes=classes,
-        )
-        if h.heads > 1:
-            return MultiHeadUNet(h.heads, mix=h.head_mix, **unet_args)
-        return UNet(**unet_args)
-
-    def setup(self, stage: str) -> None:
-        if self.hparams.compile and not isinstance(self.denoiser, torch._dynamo.eval_frame.OptimizedModule):
-            self.denoiser = torch.compile(self.denoiser)
+        if factory is None:
+            factory = MLPDenoiser if self.points else UNet
+        network = factory(h.data_dim if self.points else h.image_shape[0], classes)
+        if self.points and isinstance(network, IMAGE_DENOISERS):
+            raise ValueError(
+                f"--model.denoiser: {type(network).__name__} models images, but the data are {h.data_dim}-D points; "
+                f"pass --model.denoiser {MLP_PATH}"
+            )
+        if not self.points and isinstance(network, MLPDenoiser):
+            raise ValueError(
+                "--model.denoiser: MLPDenoiser models points (--data toy2d); for images pass "
+                "--model.denoiser lightning_modules.blocks.unet.UNet"
+            )
+        return network
 
     # --- the model's range and its noise prediction ------------------------------------------------------
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,28 +173,10 @@ class DDPM(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self.log("test/loss", self.loss(batch, self.fixed_generator(batch_idx)), sync_dist=True)
-        if not self.points and (self.hparams.fid_classifier or self.hparams.inversion_test_images):
-            self._real_images.append(batch[0].detach().cpu())
-
-    def on_test_epoch_end(self) -> None:
-        if not self._real_images:
-            return
-        real, self._real_images = torch.cat(self._real_images), []
-        if self.hparams.inversion_test_images:
-            images = real[: self.hparams.inversion_test_images].to(self.device)
-            self.log("test/inversion_mse", self.inversion_error(images), sync_dist=True)
-        if self.hparams.fid_classifier:
-            for name, value in self.fid_scores(real, self.hparams.fid_samplers).items():
-                self.log(f"test/{name}", value, sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
         return warmup_decay(optimizer, WarmupDecay("constant", warmup_steps=self.hparams.warmup_steps))
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning keeps the DataModule's arguments in the checkpoint, and LightningCLI its class among them:
-        # enough for evaluate() to find the real test images again.
-        self.data_spec = checkpoint.get("datamodule_hyper_parameters")
 
     # --- generation -------------------------------------------------------------------------------------
     def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -293,64 +246,26 @@ class DDPM(L.LightningModule):
         return self.from_model(filled)
 
     # --- evaluation -------------------------------------------------------------------------------------
-    def inversion_error(self, images: torch.Tensor) -> torch.Tensor:
-        """Mean squared error, in [0, 1] pixel units, of DDIM inversion followed by regeneration."""
-        return (self.decode(self.encode(images)) - images).pow(2).mean()
-
-    def generate_in_batches(self, n: int, spec: str, generator: torch.Generator, batch: int = 500) -> torch.Tensor:
-        sampler, steps = parse_sampler(spec)
-        chunks = [
-            self.sample(min(batch, n - done), sampler, steps, eta=0.0, generator=generator).cpu()
-            for done in range(0, n, batch)
-        ]
-        return torch.cat(chunks)
-
-    def fid_scores(self, real: torch.Tensor, samplers: Sequence[str], seed: int = 0) -> dict[str, float]:
-        """The classifier FID of `fid_samples` samples per sampler against the real images (the test set)."""
-        from lightning_modules.metrics import ClassifierFID
-
-        fid = ClassifierFID(self.hparams.fid_classifier, device=self.device)
-        fid.set_real(real, cache_key=f"{len(real)}x{'x'.join(map(str, real.shape[1:]))}-{real.sum().item():.0f}")
-        scores = {}
-        for spec in samplers:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-            fake = self.generate_in_batches(self.hparams.fid_samples, spec, generator)
-            scores[f"fid_{spec}"] = fid.score(fake)["fid"]
-        return scores
-
     def evaluate(
         self,
+        datamodule: L.LightningDataModule | None,
         seed: int = 0,
         samplers: str = "ddpm,ddim50,ddim20",
         fid_classifier: str | None = None,
-        data_root: str | None = None,
+        samples: int = 1000,
     ) -> dict[str, float]:
-        """What scripts/evaluate.py prints: the classifier FID per sampler (comma-separated list) against the
-        test set of the DataModule the model was trained on, and the DDIM inversion error of 64 test images."""
-        classifier = fid_classifier or self.hparams.fid_classifier
-        if not classifier:
+        """What scripts/evaluate.py prints: the classifier FID of `samples` samples per sampler (a comma-separated
+        list of ddpm / ddimN) against the test split of `datamodule`, and the DDIM inversion error (mean squared,
+        in [0, 1] pixel units) of its first 64 test images."""
+        if not fid_classifier:
             raise ValueError("no FID classifier: pass --fid_classifier CKPT (scripts/fit.py --model lenet5)")
-        if not Path(classifier).is_file():
-            raise FileNotFoundError(
-                f"FID classifier checkpoint {classifier} not found; train one with "
-                "scripts/fit.py --model lenet5 and pass its last.ckpt"
-            )
-        self.hparams.fid_classifier = classifier
-        real = self.test_images(data_root)
-        scores = self.fid_scores(real, [s.strip() for s in samplers.split(",") if s.strip()], seed)
-        scores["inversion_mse"] = float(self.inversion_error(real[:64].to(self.device)))
+        if datamodule is None or not callable(getattr(datamodule, "batch", None)):
+            raise ValueError("DDPM's evaluation needs the image DataModule it was trained on; pass the checkpoint's")
+        specs = [spec.strip() for spec in samplers.split(",") if spec.strip()]
+        sample_args = {spec: parse_sampler(spec) for spec in specs}
+        real = datamodule.batch("test")[0]
+        fid = ClassifierFID(fid_classifier, device=self.device)
+        fid.set_real(real, cache_key=real_set_key(real))
+        scores = {f"fid_{spec}": fid_of_samples(self, fid, samples, args, seed) for spec, args in sample_args.items()}
+        scores["inversion_mse"] = reconstruction_mse(self, real[:64].to(self.device))
         return scores
-
-    def test_images(self, data_root: str | None) -> torch.Tensor:
-        """The test images of the DataModule recorded in the checkpoint, in [0, 1]."""
-        if not self.data_spec or "_class_path" not in self.data_spec:
-            raise ValueError("the checkpoint does not record its DataModule; it was not written by scripts/fit.py")
-        module, _, name = self.data_spec["_class_path"].rpartition(".")
-        kind = getattr(importlib.import_module(module), name)
-        # Its hyper-parameters also hold what it logged (e.g. data_source): keep only its arguments.
-        accepted = inspect.signature(kind.__init__).parameters
-        args = {k: v for k, v in self.data_spec.items() if k in accepted}
-        if data_root is not None:
-            args["root"] = data_root
-        datamodule = kind(**args)
-        return datamodule.batch("test", len(datamodule.dataset("test")))[0]
