@@ -1,17 +1,28 @@
-"""Fixtures: tiny datasets written in the real on-disk formats, and a runner for scripts/fit.py."""
+"""Fixtures: tiny datasets written in the real on-disk formats, and runners for scripts/fit.py: one in a
+subprocess, as a user runs it, and one in this process, which saves the interpreter and torch import per run."""
 
+import logging
 import os
 import pickle
+import random
 import struct
 import subprocess
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))  # the scripts import as modules: `import fit`
+# Imported here, not first inside a test: Lightning's log handler keeps the stderr of the moment it is imported,
+# which inside a test is that test's capture, closed when the test ends.
+import fit  # noqa: E402
+
 # Sizes of the tiny sets; tests compare split sizes against these.
 N_TRAIN, N_TEST = 120, 40
 CELEBA_SPLITS = {0: 12, 2: 4}  # partition id -> images (0 train, 2 test)
@@ -124,3 +135,57 @@ def run_fit(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) 
         text=True,
         timeout=timeout,
     )
+
+
+@dataclass
+class FitResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def show_on_stderr(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+@pytest.fixture
+def fit_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """`fit_in_process(*args)` runs `fit.main(args)` in this process from tmp_path as `python scripts/fit.py
+    *args` would, and returns its exit code and output. What a run changes for the process is put back
+    afterwards: the environment (PL_GLOBAL_SEED), the warning filters and format, deterministic algorithms,
+    the global random generators, sys.argv (which the parser's error() reads) and the working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    for name in [n for n in os.environ if n.startswith("LIGHTNING_ZOO_")]:
+        monkeypatch.delenv(name)
+    environment = dict(os.environ)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    capsys.readouterr()
+    log_handlers = [
+        handler
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics")
+        for handler in logging.getLogger(name).handlers
+        if isinstance(handler, logging.StreamHandler)
+    ]
+
+    def run(*args: str) -> FitResult:
+        monkeypatch.setattr(sys, "argv", [str(REPO / "scripts" / "fit.py"), *args])
+        generators = random.getstate(), np.random.get_state()
+        for handler in log_handlers:  # Lightning's log lines go to this run's stderr, as in a process of its own
+            monkeypatch.setattr(handler, "stream", sys.stderr)
+        with warnings.catch_warnings(), torch.random.fork_rng():
+            warnings.showwarning = show_on_stderr  # as the interpreter would, instead of pytest's recorder
+            try:
+                code = fit.main(list(args))
+            except SystemExit as exit_:  # the parser's error() and --help exit
+                code = exit_.code if isinstance(exit_.code, int) else 1
+            finally:
+                random.setstate(generators[0])
+                np.random.set_state(generators[1])
+        out, err = capsys.readouterr()
+        return FitResult(code, out, err)
+
+    yield run
+    os.environ.clear()
+    os.environ.update(environment)
+    torch.use_deterministic_algorithms(deterministic)
