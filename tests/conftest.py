@@ -1,6 +1,9 @@
 """Fixtures: tiny datasets written in the real on-disk formats, and runners for scripts/fit.py: one in a
 subprocess, as a user runs it, and one in this process, which saves the interpreter and torch import per run."""
 
+import contextlib
+import functools
+import io
 import logging
 import os
 import pickle
@@ -148,44 +151,42 @@ def show_on_stderr(message, category, filename, lineno, file=None, line=None) ->
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
-@pytest.fixture
-def fit_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
-    """`fit_in_process(*args)` runs `fit.main(args)` in this process from tmp_path as `python scripts/fit.py
-    *args` would, and returns its exit code and output. What a run changes for the process is put back
-    afterwards: the environment (PL_GLOBAL_SEED), the warning filters and format, deterministic algorithms,
-    the global random generators, sys.argv (which the parser's error() reads) and the working directory."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
-    for name in [n for n in os.environ if n.startswith("LIGHTNING_ZOO_")]:
-        monkeypatch.delenv(name)
+def fit_in_process_at(cwd: Path, *args: str) -> FitResult:
+    """Run `fit.main(args)` in this process from `cwd` as `python scripts/fit.py *args` would, and return its
+    exit code and output. What a run changes for the process is put back afterwards: the environment
+    (PL_GLOBAL_SEED), the warning filters and format, deterministic algorithms, the global random generators,
+    sys.argv (which the parser's error() reads), the working directory and Lightning's log streams."""
+    out, err = io.StringIO(), io.StringIO()
     environment = dict(os.environ)
     deterministic = torch.are_deterministic_algorithms_enabled()
-    capsys.readouterr()
-    log_handlers = [
-        handler
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics")
-        for handler in logging.getLogger(name).handlers
-        if isinstance(handler, logging.StreamHandler)
-    ]
-
-    def run(*args: str) -> FitResult:
-        monkeypatch.setattr(sys, "argv", [str(REPO / "scripts" / "fit.py"), *args])
-        generators = random.getstate(), np.random.get_state()
-        for handler in log_handlers:  # Lightning's log lines go to this run's stderr, as in a process of its own
-            monkeypatch.setattr(handler, "stream", sys.stderr)
-        with warnings.catch_warnings(), torch.random.fork_rng():
-            warnings.showwarning = show_on_stderr  # as the interpreter would, instead of pytest's recorder
-            try:
+    generators = random.getstate(), np.random.get_state()
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(), torch.random.fork_rng():
+        patch.chdir(cwd)
+        patch.setattr(sys, "argv", [str(REPO / "scripts" / "fit.py"), *args])
+        patch.setattr(warnings, "formatwarning", warnings.formatwarning)
+        warnings.showwarning = show_on_stderr  # as the interpreter would, instead of pytest's recorder
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics"):
+            for handler in logging.getLogger(name).handlers:
+                if isinstance(handler, logging.StreamHandler):
+                    patch.setattr(handler, "stream", err)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 code = fit.main(list(args))
-            except SystemExit as exit_:  # the parser's error() and --help exit
-                code = exit_.code if isinstance(exit_.code, int) else 1
-            finally:
-                random.setstate(generators[0])
-                np.random.set_state(generators[1])
-        out, err = capsys.readouterr()
-        return FitResult(code, out, err)
+        except SystemExit as exit_:  # the parser's error() and --help exit
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            os.environ.clear()
+            os.environ.update(environment)
+            torch.use_deterministic_algorithms(deterministic)
+            random.setstate(generators[0])
+            np.random.set_state(generators[1])
+    return FitResult(code, out.getvalue(), err.getvalue())
 
-    yield run
-    os.environ.clear()
-    os.environ.update(environment)
-    torch.use_deterministic_algorithms(deterministic)
+
+@pytest.fixture
+def fit_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`fit_in_process(*args)`: fit.py's main in this process, from tmp_path, with no LIGHTNING_ZOO_ variable
+    but those the test sets."""
+    for name in [n for n in os.environ if n.startswith("LIGHTNING_ZOO_")]:
+        monkeypatch.delenv(name)
+    return functools.partial(fit_in_process_at, tmp_path)
