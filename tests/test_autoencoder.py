@@ -1,10 +1,9 @@
 """The autoencoders: their losses against independent computations, the corruptions' statistics, the
-denoising model's PSNR, and both models through scripts/fit.py."""
+denoising model's PSNR, and both models through fit.py's main."""
 
 import pytest
 import torch
 
-from conftest import run_fit
 from lightning_modules.autoencoders.autoencoder import (
     Autoencoder,
     DenoisingAutoencoder,
@@ -117,10 +116,10 @@ def test_bad_corruption_is_rejected():
         ("dae", "test/psnr_gain_db = ", ("--model.corruption", "salt_and_pepper", "--model.noise_level", "0.2")),
     ],
 )
-def test_fast_dev_run(name, metric, extra, data_root, tmp_path):
-    result = run_fit(
+def test_fast_dev_run(name, metric, extra, data_root, tmp_path, fit_in_process):
+    result = fit_in_process(
         "--model", name, "--trainer.fast_dev_run", "true", "--data.root", str(data_root), "--data.batch_size", "16",
-        *extra, cwd=tmp_path,
+        *extra,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert metric in result.stdout

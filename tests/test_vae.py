@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from conftest import run_fit
 from lightning_modules.autoencoders.vae import VAE, bernoulli_nll, gaussian_kl, gaussian_nll, reparameterise
 
 
@@ -160,14 +159,14 @@ def test_activation_flag_sets_every_nonlinearity(network):
     assert model.decode(model.encode(x)).shape == x.shape
 
 
-def test_conv_gaussian_vae_through_fit_writes_the_callback_images(data_root, tmp_path):
-    """One short real epoch through scripts/fit.py with configs/vae.yaml's callbacks: the grids and the
+def test_conv_gaussian_vae_through_fit_writes_the_callback_images(data_root, tmp_path, fit_in_process):
+    """One short real epoch through fit.py's main with configs/vae.yaml's callbacks: the grids and the
     embedding plot land in the run folder and TensorBoard."""
-    result = run_fit(
+    result = fit_in_process(
         "--model", "vae", "--data.root", str(data_root), "--model.network", "conv", "--model.decoder", "gaussian",
         "--model.kl_warmup_steps", "5", "--model.iwae_samples", "20", "--model.iwae_test_images", "10",
         "--data.batch_size", "16", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test/neg_elbo_nats = " in result.stdout and "test/iwae_nll_nats = " in result.stdout
