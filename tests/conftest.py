@@ -21,11 +21,7 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))  # the scripts import as modules: `import fit`
-# Imported here, not first inside a test: Lightning's log handler keeps the stderr of the moment it is imported,
-# which inside a test is that test's capture, closed when the test ends.
-import fit  # noqa: E402
-
+sys.path.insert(0, str(REPO / "scripts"))  # the scripts import each other, as they do when run
 # Sizes of the tiny sets; tests compare split sizes against these.
 N_TRAIN, N_TEST = 120, 40
 CELEBA_SPLITS = {0: 12, 2: 4}  # partition id -> images (0 train, 2 test)
@@ -138,6 +134,11 @@ def run_fit(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) 
         text=True,
         timeout=timeout,
     )
+
+
+# Imported here, not first inside a test: Lightning's log handler keeps the stderr of the moment it is imported,
+# which inside a test is that test's capture, closed when the test ends.
+import fit  # noqa: E402
 
 
 @dataclass
