@@ -1,14 +1,23 @@
-"""Fixtures: tiny datasets written in the real on-disk formats, and a runner for scripts/fit.py."""
+"""Fixtures: tiny datasets written in the real on-disk formats, and runners for scripts/fit.py: one in a
+subprocess, as a user runs it, and one in this process, which saves the interpreter and torch import per run."""
 
+import contextlib
+import functools
+import io
+import logging
 import os
 import pickle
+import random
 import struct
 import subprocess
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,3 +134,60 @@ def run_fit(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) 
         text=True,
         timeout=timeout,
     )
+
+
+# Imported here, not first inside a test: Lightning's log handler keeps the stderr of the moment it is imported,
+# which inside a test is that test's capture, closed when the test ends.
+import fit  # noqa: E402
+
+
+@dataclass
+class FitResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def show_on_stderr(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def fit_in_process_at(cwd: Path, *args: str) -> FitResult:
+    """Run `fit.main(args)` in this process from `cwd` as `python scripts/fit.py *args` would, and return its
+    exit code and output. What a run changes for the process is put back afterwards: the environment
+    (PL_GLOBAL_SEED), the warning filters and format, deterministic algorithms, the global random generators,
+    sys.argv (which the parser's error() reads), the working directory and Lightning's log streams."""
+    out, err = io.StringIO(), io.StringIO()
+    environment = dict(os.environ)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    generators = random.getstate(), np.random.get_state()
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(), torch.random.fork_rng():
+        patch.chdir(cwd)
+        patch.setattr(sys, "argv", [str(REPO / "scripts" / "fit.py"), *args])
+        patch.setattr(warnings, "formatwarning", warnings.formatwarning)
+        warnings.showwarning = show_on_stderr  # as the interpreter would, instead of pytest's recorder
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics"):
+            for handler in logging.getLogger(name).handlers:
+                if isinstance(handler, logging.StreamHandler):
+                    patch.setattr(handler, "stream", err)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = fit.main(list(args))
+        except SystemExit as exit_:  # the parser's error() and --help exit
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            os.environ.clear()
+            os.environ.update(environment)
+            torch.use_deterministic_algorithms(deterministic)
+            random.setstate(generators[0])
+            np.random.set_state(generators[1])
+    return FitResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def fit_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`fit_in_process(*args)`: fit.py's main in this process, from tmp_path, with no LIGHTNING_ZOO_ variable
+    but those the test sets."""
+    for name in [n for n in os.environ if n.startswith("LIGHTNING_ZOO_")]:
+        monkeypatch.delenv(name)
+    return functools.partial(fit_in_process_at, tmp_path)

@@ -1,12 +1,9 @@
 """The autoencoders: their losses against independent computations, the corruptions' statistics, the
-denoising model's PSNR, and both models through scripts/fit.py."""
-
-import math
+denoising model's PSNR, and both models through fit.py's main."""
 
 import pytest
 import torch
 
-from conftest import run_fit
 from lightning_modules.autoencoders.autoencoder import (
     Autoencoder,
     DenoisingAutoencoder,
@@ -49,6 +46,7 @@ def test_gaussian_noise_has_the_stated_sigma():
     torch.manual_seed(0)
     x = torch.full((200_000,), 0.5)
     noisy = gaussian_noise(x, 0.1)  # 5 sigma from the clipping bounds: clipping is negligible
+    # Standard errors: the mean's 0.1 / sqrt(2e5) = 2.2e-4, the std's 0.1 / sqrt(4e5) = 1.6e-4; 1e-3 is > 4 of them.
     assert abs(noisy.mean().item() - 0.5) < 1e-3 and abs(noisy.std().item() - 0.1) < 1e-3
     assert gaussian_noise(torch.zeros(1000), 0.5).min() == 0 and gaussian_noise(torch.ones(1000), 0.5).max() == 1
 
@@ -58,6 +56,8 @@ def test_salt_and_pepper_hits_the_stated_fraction_half_white():
     x = torch.full((200_000,), 0.5)
     noisy = salt_and_pepper(x, 0.3)
     hit = noisy != 0.5
+    # Binomial standard errors: sqrt(0.3 * 0.7 / 2e5) = 1.0e-3 for the fraction hit, sqrt(0.25 / 6e4) = 2.0e-3
+    # for the white share of the 6e4 hits: the tolerances are 5 of them.
     assert abs(hit.float().mean().item() - 0.3) < 0.005
     assert set(noisy[hit].unique().tolist()) == {0.0, 1.0}
     assert abs((noisy[hit] == 1).float().mean().item() - 0.5) < 0.01
@@ -67,32 +67,41 @@ def test_random_mask_zeroes_the_stated_fraction_and_keeps_the_rest():
     torch.manual_seed(0)
     x = torch.rand(200_000) * 0.9 + 0.1
     noisy = random_mask(x, 0.25)
-    zeroed = noisy == 0
+    zeroed = noisy == 0  # x >= 0.1, so only the mask makes zeros
+    # Binomial standard error sqrt(0.25 * 0.75 / 2e5) = 9.7e-4: the tolerance is 5 of them.
     assert abs(zeroed.float().mean().item() - 0.25) < 0.005
     assert torch.equal(noisy[~zeroed], x[~zeroed])
 
 
+def flip_corruption(model: DenoisingAutoencoder) -> DenoisingAutoencoder:
+    """A corruption without noise (a left-right flip), so the test knows what the model was fed."""
+    model.corrupt = lambda x: x.flip(-1)
+    return model
+
+
 def test_dae_trains_on_corrupted_inputs_against_clean_targets():
     torch.manual_seed(0)
-    model = DenoisingAutoencoder(image_shape=(1, 8, 8), network="mlp", hidden_dims=(16,), latent_dim=4)
+    model = flip_corruption(DenoisingAutoencoder(image_shape=(1, 8, 8), network="mlp", hidden_dims=(16,), latent_dim=4))
     x = torch.rand(5, 1, 8, 8)
-    torch.manual_seed(1)
-    loss = model.loss(x)
-    torch.manual_seed(1)
-    expected = ((model.decode(model.encode(gaussian_noise(x, 0.5))) - x) ** 2).mean()
-    torch.testing.assert_close(loss, expected)
+    expected = ((model.decode(model.encode(x.flip(-1))) - x) ** 2).mean()
+    torch.testing.assert_close(model.loss(x), expected)
+    assert not torch.allclose(model.loss(x), ((model.decode(model.encode(x)) - x) ** 2).mean())
 
 
 def test_dae_psnr_is_computed_against_clean_images():
-    model = DenoisingAutoencoder(image_shape=(1, 8, 8), network="mlp", hidden_dims=(16,), latent_dim=4)
+    torch.manual_seed(0)
+    model = flip_corruption(DenoisingAutoencoder(image_shape=(1, 8, 8), network="mlp", hidden_dims=(16,), latent_dim=4))
+    model.log = lambda *args, **kwargs: None
     x = torch.rand(6, 1, 8, 8)
-    torch.manual_seed(2)
-    model.test_psnr.update(model.decode(model.encode(model.corrupt(x))), x)
-    torch.manual_seed(2)
-    noisy = model.corrupt(x)
-    model.test_noisy_psnr.update(noisy, x)
-    torch.testing.assert_close(model.test_noisy_psnr.compute(), 10 * torch.log10(1 / ((noisy - x) ** 2).mean()))
-    assert math.isfinite(model.test_psnr.compute().item())
+    with torch.no_grad():
+        model.test_step((x[:4], torch.zeros(4)), 0)
+        model.test_step((x[4:], torch.zeros(2)), 1)
+        denoised = model.decode(model.encode(x.flip(-1)))
+    # PSNR of the whole set's MSE, 10 log10(1 / MSE); float32 sums of 384 squares: relative error ~1e-6,
+    # a few 1e-6 dB, inside assert_close's float32 tolerance.
+    psnr = lambda a: 10 * torch.log10(1 / ((a - x) ** 2).mean())  # noqa: E731
+    torch.testing.assert_close(model.test_noisy_psnr.compute(), psnr(x.flip(-1)))
+    torch.testing.assert_close(model.test_psnr.compute(), psnr(denoised))
 
 
 def test_bad_corruption_is_rejected():
@@ -107,10 +116,10 @@ def test_bad_corruption_is_rejected():
         ("dae", "test/psnr_gain_db = ", ("--model.corruption", "salt_and_pepper", "--model.noise_level", "0.2")),
     ],
 )
-def test_fast_dev_run(name, metric, extra, data_root, tmp_path):
-    result = run_fit(
+def test_fast_dev_run(name, metric, extra, data_root, tmp_path, fit_in_process):
+    result = fit_in_process(
         "--model", name, "--trainer.fast_dev_run", "true", "--data.root", str(data_root), "--data.batch_size", "16",
-        *extra, cwd=tmp_path,
+        *extra,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert metric in result.stdout

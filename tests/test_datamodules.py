@@ -2,6 +2,7 @@
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,7 +127,12 @@ def test_digits_is_embedded_and_always_available():
     dm = ready(DigitsDataModule(batch_size=16))
     x, y = first_batch(dm)
     assert x.shape == (16, 1, 8, 8) and dm.data_source == "embedded_digits"
-    assert len(dm.train_set) + len(dm.val_set) + len(dm.test_set) == 1797
+    from sklearn.datasets import load_digits
+
+    splits = (dm.train_set, dm.val_set, dm.test_set)
+    labels = torch.cat([split.tensors[1] for split in splits])
+    # The splits hold scikit-learn's 1797 digits, each once: the same label counts.
+    assert torch.equal(torch.bincount(labels), torch.from_numpy(np.bincount(load_digits().target)))
     assert set(y.tolist()) <= set(range(10))
 
 

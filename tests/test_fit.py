@@ -1,5 +1,8 @@
-"""scripts/fit.py as a user runs it: the main job, the bad inputs, DDP and resume."""
+"""scripts/fit.py: the main job as a user runs it, and the 2-process DDP run, in subprocesses; the bad inputs,
+the other options and the resume in this process through fit.main (the same code path without the interpreter
+and torch import per case)."""
 
+import pytest
 import torch
 
 from conftest import N_TRAIN, run_fit
@@ -17,6 +20,8 @@ def last_line_error(result) -> str:
 
 
 def test_vae_fast_dev_run_on_real_format(data_root, tmp_path):
+    """The main job as the README gives it, in a real interpreter: the only subprocess run of fit.py's
+    training path (besides DDP, which needs processes)."""
     result = run_fit("--model", "vae", *FAST, "--data.root", str(data_root), "--data.fallback", "false", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "vae on MNISTDataModule (data: MNIST)" in result.stdout
@@ -25,131 +30,105 @@ def test_vae_fast_dev_run_on_real_format(data_root, tmp_path):
     assert not list(tmp_path.glob("**/*.ckpt"))  # a smoke test leaves no checkpoint behind
 
 
-def test_offline_main_job_falls_back_with_one_warning(empty_root, tmp_path):
-    result = run_fit(
-        "--model", "vae", *FAST, "--data.download", "false", cwd=tmp_path, env={"LIGHTNING_ZOO_DATA": str(empty_root)}
-    )
+def test_offline_main_job_falls_back_with_one_warning(empty_root, fit_in_process, monkeypatch):
+    monkeypatch.setenv("LIGHTNING_ZOO_DATA", str(empty_root))
+    result = fit_in_process("--model", "vae", *FAST, "--data.download", "false")
     assert result.returncode == 0, result.stderr[-3000:]
     warning_lines = [line for line in (result.stdout + result.stderr).splitlines() if "FALLBACK" in line]
     assert len(warning_lines) == 1 and str(empty_root) in warning_lines[0]
     assert "(data: embedded_digits)" in result.stdout
 
 
-def test_data_swap_and_model_options(data_root, tmp_path):
-    result = run_fit(
+def test_data_swap_and_model_options(data_root, fit_in_process):
+    result = fit_in_process(
         "--model", "vae", *FAST, "--data", "cifar10", "--data.root", str(data_root),
-        "--model.latent_dim", "3", "--data.batch_size", "8", cwd=tmp_path,
+        "--model.latent_dim", "3", "--data.batch_size", "8",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "vae on CIFAR10DataModule (data: CIFAR10)" in result.stdout
 
 
-def test_help_lists_models_and_datasets(tmp_path):
-    for args in (["--help"], ["--model", "vae", "--help"]):
-        result = run_fit(*args, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert "models: " in result.stdout and "vae" in result.stdout and "fashion_mnist" in result.stdout
+@pytest.mark.parametrize("args", [["--help"], ["--model", "vae", "--help"]])
+def test_help_lists_models_and_datasets(args, fit_in_process):
+    result = fit_in_process(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "models: " in result.stdout and "vae" in result.stdout and "fashion_mnist" in result.stdout
 
 
-def test_print_config_shows_the_linked_defaults(tmp_path):
-    result = run_fit("--model", "vae", "--data", "fashion_mnist", "--print_config", cwd=tmp_path)
+def test_print_config_shows_the_linked_defaults(fit_in_process):
+    result = fit_in_process("--model", "vae", "--data", "fashion_mnist", "--print_config")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "lightning_modules.autoencoders.vae.VAE" in result.stdout
     assert "datamodules.images.FashionMNISTDataModule" in result.stdout
     assert "max_epochs: 30" in result.stdout
 
 
-def test_unknown_model_lists_the_known_ones(tmp_path):
-    line = last_line_error(run_fit("--model", "vea", cwd=tmp_path))
+def test_unknown_model_lists_the_known_ones(fit_in_process):
+    line = last_line_error(fit_in_process("--model", "vea"))
     assert "unknown model 'vea'" in line and "models: " in line and "vae" in line and "mnist" in line
 
 
-def test_no_model(tmp_path):
-    assert "choose a model with --model NAME" in last_line_error(run_fit(cwd=tmp_path))
+def test_no_model(fit_in_process):
+    assert "choose a model with --model NAME" in last_line_error(fit_in_process())
 
 
-def test_unknown_dataset(tmp_path):
-    line = last_line_error(run_fit("--model", "vae", "--data", "imagenet", cwd=tmp_path))
+def test_unknown_dataset(fit_in_process):
+    line = last_line_error(fit_in_process("--model", "vae", "--data", "imagenet"))
     assert "unknown dataset 'imagenet'" in line and "cifar10" in line
 
 
-def test_config_key_the_model_does_not_take(tmp_path):
-    line = last_line_error(run_fit("--model", "vae", "--model.hiden_dim", "3", *FAST, cwd=tmp_path))
+def test_config_key_the_model_does_not_take(fit_in_process):
+    line = last_line_error(fit_in_process("--model", "vae", "--model.hiden_dim", "3", *FAST))
     assert "--model" in line and "hiden_dim" in line and "not accepted" in line
 
 
-def test_wrong_type_in_config(tmp_path):
-    line = last_line_error(run_fit("--model", "vae", "--trainer.max_epochs", "many", cwd=tmp_path))
+def test_wrong_type_in_config(fit_in_process):
+    line = last_line_error(fit_in_process("--model", "vae", "--trainer.max_epochs", "many"))
     assert "trainer.max_epochs" in line and "many" in line
 
 
-def test_missing_dataset_without_fallback(empty_root, tmp_path):
+def test_a_value_outside_the_choices_names_the_flag_as_typed(fit_in_process):
+    line = last_line_error(fit_in_process("--model", "vae", *FAST, "--model.decoder", "poisson"))
+    assert "--model.decoder: " in line and "bernoulli" in line and "poisson" in line
+
+
+def test_missing_dataset_without_fallback(empty_root, fit_in_process):
     line = last_line_error(
-        run_fit("--model", "vae", *FAST, "--data.root", str(empty_root), "--data.fallback", "false",
-                "--data.download", "false", cwd=tmp_path)
+        fit_in_process("--model", "vae", *FAST, "--data.root", str(empty_root), "--data.fallback", "false",
+                       "--data.download", "false")
     )  # fmt: skip
     assert "MNIST not found" in line and str(empty_root) in line
 
 
-def test_corrupt_dataset_file(data_root, tmp_path):
+def test_corrupt_dataset_file(data_root, fit_in_process):
     path = data_root / "MNIST" / "raw" / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:1000])
-    line = last_line_error(run_fit("--model", "vae", *FAST, "--data.root", str(data_root), cwd=tmp_path))
+    line = last_line_error(fit_in_process("--model", "vae", *FAST, "--data.root", str(data_root)))
     assert "truncated or corrupt" in line
 
 
-def test_bad_text_file(tmp_path):
+def test_bad_text_file(tmp_path, fit_in_process):
     path = tmp_path / "latin1.txt"
     path.write_bytes("caf\xe9 ".encode("latin-1") * 200)
-    line = last_line_error(run_fit("--model", "vae", *FAST, "--data", "text", "--data.path", str(path), cwd=tmp_path))
+    line = last_line_error(fit_in_process("--model", "vae", *FAST, "--data", "text", "--data.path", str(path)))
     assert "not UTF-8" in line
 
 
-def test_image_options_the_data_cannot_take(tmp_path):
-    line = last_line_error(run_fit("--model", "vae", *FAST, "--data.channels", "2", cwd=tmp_path))
+def test_image_options_the_data_cannot_take(fit_in_process):
+    line = last_line_error(fit_in_process("--model", "vae", *FAST, "--data.channels", "2"))
     assert "--data.channels must be 1 or 3" in line
 
 
-def test_data_the_model_cannot_take(data_root, tmp_path):
-    line = last_line_error(
-        run_fit("--model", "vae", *FAST, "--data", "text", "--data.root", str(data_root), cwd=tmp_path)
-    )
+def test_data_the_model_cannot_take(data_root, fit_in_process):
+    line = last_line_error(fit_in_process("--model", "vae", *FAST, "--data", "text", "--data.root", str(data_root)))
     assert "vae needs image data" in line
 
 
-def test_missing_checkpoint(tmp_path):
-    line = last_line_error(run_fit("--model", "vae", "--ckpt_path", "last", "--data", "digits", cwd=tmp_path))
+def test_missing_checkpoint(fit_in_process):
+    line = last_line_error(fit_in_process("--model", "vae", "--ckpt_path", "last", "--data", "digits"))
     assert "no last.ckpt" in line
-
-
-# The interrupted run is emulated by a run of one epoch resumed for a second, so the learning rate must not
-# depend on max_epochs (a cosine schedule's length does; a genuinely killed run keeps its schedule in the
-# checkpoint). The IWAE estimate is switched off to keep the three runs short.
-TWO_EPOCHS = ("--model", "vae", "--data", "digits", "--data.batch_size", "256", "--trainer.deterministic", "true",
-              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-              "--model.cosine_decay", "false", "--model.iwae_samples", "0")  # fmt: skip
-
-
-def final_weights(run_dir):
-    checkpoint = torch.load(next(run_dir.glob("checkpoints/last.ckpt")), map_location="cpu", weights_only=True)
-    return checkpoint["state_dict"], checkpoint["epoch"], checkpoint["global_step"]
-
-
-def test_resume_from_last_ends_where_an_uninterrupted_run_ends(tmp_path):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    straight.mkdir()
-    resumed.mkdir()
-    assert run_fit(*TWO_EPOCHS, "--trainer.max_epochs", "2", cwd=straight).returncode == 0
-    first = run_fit(*TWO_EPOCHS, "--trainer.max_epochs", "1", cwd=resumed)
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = run_fit(*TWO_EPOCHS, "--trainer.max_epochs", "2", "--ckpt_path", "last", cwd=resumed)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "Restoring states from the checkpoint path" in second.stdout + second.stderr
-    want, epoch, step = final_weights(straight / "runs" / "vae" / "version_0")
-    got, resumed_epoch, resumed_step = final_weights(resumed / "runs" / "vae" / "version_1")
-    assert (epoch, step) == (resumed_epoch, resumed_step) and step > 0
-    for name, value in want.items():
-        torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
+    line = last_line_error(fit_in_process("--model", "vae", "--ckpt_path", "nowhere.ckpt", "--data", "digits"))
+    assert "checkpoint nowhere.ckpt not found" in line
 
 
 def test_ddp_two_cpu_processes(data_root, tmp_path):
@@ -167,8 +146,3 @@ def test_ddp_two_cpu_processes(data_root, tmp_path):
     # 108 training images (120 less 10% validation) shared by 2 processes, batches of 16 with drop_last:
     # 3 steps each; one process alone would take 6.
     assert checkpoint["global_step"] == (N_TRAIN - N_TRAIN // 10) // 2 // 16 == 3
-
-
-def test_a_value_outside_the_choices_names_the_flag_as_typed(tmp_path):
-    line = last_line_error(run_fit("--model", "vae", *FAST, "--model.decoder", "poisson", cwd=tmp_path))
-    assert "--model.decoder: " in line and "bernoulli" in line and "poisson" in line
