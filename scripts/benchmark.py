@@ -22,7 +22,8 @@ Throughput is Lightning's ThroughputMonitor over the training batches (data fetc
 excluded), counted in the model's unit when it fulfils the CountsThroughput contract (tokens, env_steps), else
 in samples; it is read at the run's last logging step (`--trainer.log_every_n_steps`, 50 unless the config
 says otherwise; with `--steps N` at most N), so an `--epochs` or `--seconds` run shorter than that reports none. The row's figure is the test metric the model
-names as its `benchmark_metric` (the Benchmarked contract), else the first test metric. A run with a SolvedAt
+names as its `benchmark_metric` (the Benchmarked contract), else the first test metric; a sample FID
+(the SampleFID callback's `test/fid*`) comes before either. A run with a SolvedAt
 callback (configs/ppo.yaml) also reports when it solved its environment: solved_at_env_steps and
 solved_after_s (-1 when it never did). The contracts are in lightning_modules/protocols.py.
 """
@@ -192,7 +193,10 @@ def run(options: argparse.Namespace, extra: list[str]) -> dict:
     results = {k: v for r in trainer.test(model, datamodule=cli.datamodule, verbose=False) for k, v in r.items()}
     if options.save_checkpoint:
         trainer.save_checkpoint(options.save_checkpoint)
+    # A sample-quality callback (SampleFID) measures what the model's own metric cannot: its figure comes first.
+    sample_quality = sorted(k for k in results if k.startswith("test/fid"))
     metric = model.benchmark_metric if isinstance(model, Benchmarked) else next(iter(sorted(results)), "")
+    metric = sample_quality[0] if sample_quality else metric
     key = lambda name: name.replace("/", "_")  # noqa: E731 - "test/neg_elbo_nats" -> "test_neg_elbo_nats"
     # ThroughputMonitor's running totals since training started (validation excluded), at its last log.
     counted, timed = logged.metrics.get("train/samples"), logged.metrics.get("train/time")

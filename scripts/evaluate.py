@@ -32,7 +32,7 @@ from lightning_modules.protocols import Evaluates, Renders, require
 from one_line_errors import BAD_INPUT, report
 
 TEST_SEED = 0  # the test loop runs seeded: a metric that draws (a VAE's sampled -ELBO) is reproducible
-MODEL_OPTIONS = ("episodes", "seed", "fid_classifier", "samplers")  # passed to evaluate() when given
+MODEL_OPTIONS = ("episodes", "seed", "fid_classifier", "samplers", "samples")  # passed to evaluate() when given
 
 
 def save_gif(frames: list[np.ndarray], path: str, fps: float) -> None:
@@ -52,6 +52,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     model.add_argument("--seed", type=int, help="seed of the evaluation (default: the model's own)")
     model.add_argument("--fid_classifier", help="classifier checkpoint whose features the FID uses (DDPM)")
     model.add_argument("--samplers", help="comma-separated samplers to score, e.g. ddpm,ddim50,ddim20 (DDPM)")
+    model.add_argument("--samples", type=int, help="samples drawn per sampler for the FID (DDPM; default 1000)")
     return parser.parse_args(argv)
 
 
