@@ -80,8 +80,10 @@ def test_resnet_depths_and_shortcuts():
 def test_default_backbone_is_lenet5_and_no_helper_takes_a_contract_name():
     model = ImageClassifier()
     assert isinstance(model.backbone, LeNet5)
-    taken = {name for protocol in CONTRACTS for name in members(protocol)}
-    assert not taken & set(dir(model)), "a helper named like a contract method would be mistaken for it"
+    # A classifier fulfils no method contract: a helper named like one would be mistaken for it by the scripts
+    # (the old `evaluate(batch, stage, accuracy)` was). Its one contract attribute is `benchmark_metric`.
+    methods = {name for protocol in CONTRACTS for name in members(protocol) if callable(vars(protocol).get(name))}
+    assert not methods & set(dir(model))
 
 
 def test_hybrid_with_no_stem_is_the_plain_vit():
