@@ -44,7 +44,7 @@ TINY = {
     "ae": NO_PLOTS,
     "dae": NO_PLOTS,
 }  # fmt: skip
-DRAWS_AT_TEST = {"dae", "vae"}
+DRAWS_AT_TEST = {"dae", "vae"}  # test steps that draw random numbers (a corruption, z ~ q(z|x))
 IMAGE_SIDE = 28  # the tiny MNIST's
 
 
