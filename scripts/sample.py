@@ -11,8 +11,8 @@ read from the checkpoint, so no data file is needed. A model with `sample(n)` (V
 n images in [0, 1] and saves them as one grid PNG; `--sampler`, `--steps` and `--eta` go to `sample` when
 given (diffusion models). `--inpaint MASK` and `--invert` take the first n test images of the data the model
 was trained on (`--data.root` if they moved): the first writes rows of originals, masked inputs and
-completions (`inpaint(x, mask)`), the second originals, noise latents and regenerations (`encode`, `decode`)
-and prints the reconstruction error.
+completions (`inpaint(x, mask)`), the second originals, noise latents (when the codes are images, as a
+diffusion model's are) and regenerations (`encode`, `decode`) and prints the reconstruction error.
 """
 
 import argparse
@@ -82,13 +82,18 @@ def sample_text(model, options: argparse.Namespace) -> str:
     return "\n---\n".join("".join(vocab[i] for i in row.tolist()) for row in tokens)
 
 
-def sampler_arguments(model, options: argparse.Namespace) -> dict:
-    given = {k: getattr(options, k) for k in ("sampler", "steps", "eta") if getattr(options, k) is not None}
-    accepted = inspect.signature(model.sample).parameters
+def options_taken(method, names: tuple[str, ...], options: argparse.Namespace) -> dict:
+    """The options among `names` that were given, refused in one line when `method` (a model's) does not take them."""
+    given = {k: getattr(options, k) for k in names if getattr(options, k) is not None}
+    accepted = inspect.signature(method).parameters
     for key in given:
         if key not in accepted:
-            raise ValueError(f"{type(model).__name__}.sample takes no --{key}; drop it")
+            raise ValueError(f"{type(method.__self__).__name__}.{method.__name__} takes no --{key}; drop it")
     return given
+
+
+def sampler_arguments(model, options: argparse.Namespace) -> dict:
+    return options_taken(model.sample, ("sampler", "steps", "eta"), options)
 
 
 def sample_images(model, options: argparse.Namespace) -> str:
@@ -119,12 +124,16 @@ def inpaint_images(model, options: argparse.Namespace) -> str:
 
 def invert_images(model, options: argparse.Namespace) -> str:
     require(model, Encodes, "sample.py --invert")
+    steps = options_taken(model.encode, ("steps",), options)
     x = test_images(options).to(model.device)
-    latents = model.encode(x, steps=options.steps)
-    back = model.decode(latents, steps=options.steps)
+    with torch.no_grad():
+        latents = model.encode(x, **steps)
+        back = model.decode(latents, **steps)
     error = (back - x).pow(2).mean().item()
-    shown = ((latents / 3 + 1) / 2).clamp(0, 1)  # the latents are ~N(0, 1): +-3 sigma onto [0, 1]
-    save_image(torch.cat([x, shown, back]).cpu(), options.out, nrow=len(x))
+    rows = [x, back]
+    if latents.shape == x.shape:  # noise images (DDIM inversion), ~N(0, 1): +-3 sigma onto [0, 1], shown between
+        rows.insert(1, ((latents / 3 + 1) / 2).clamp(0, 1))
+    save_image(torch.cat(rows).cpu(), options.out, nrow=len(x))
     return f"{len(x)} test images inverted and regenerated to {options.out}; reconstruction MSE {error:.2e}"
 
 

@@ -191,3 +191,20 @@ def fit_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     for name in [n for n in os.environ if n.startswith("LIGHTNING_ZOO_")]:
         monkeypatch.delenv(name)
     return functools.partial(fit_in_process_at, tmp_path)
+
+
+# --- Fixtures shared by a module's tests (tests/test_checkpoints.py) ------------------------------------------------
+def write_all_datasets(root: Path) -> Path:
+    """Every dataset of `data_root`, in its real format, under `root`."""
+    write_mnist(root, "MNIST", seed=0)
+    write_mnist(root, "FashionMNIST", seed=1)
+    write_cifar10(root)
+    write_celeba(root)
+    write_text(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def module_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`data_root`, written once for all the tests of a module (for checkpoints fitted once and shared)."""
+    return write_all_datasets(tmp_path_factory.mktemp("data"))

@@ -1,0 +1,223 @@
+"""Every registered model's checkpoint through the scripts its contracts allow: a real last.ckpt from two steps of
+scripts/fit.py (one fit per model, shared by the checks), then evaluate.py's test metrics, sample.py's grid, text
+or inversion where the model fulfils Samples, GeneratesText or Encodes (a one-line refusal where it does not),
+and a resume from the checkpoint that ends one batch later."""
+
+import inspect
+import os
+from pathlib import Path
+
+import evaluate
+import pytest
+import sample
+import torch
+from PIL import Image
+from test_ddpm import TINY_FLAGS as TINY_DDPM
+from test_sample import QUIET, TINY_GPT
+
+from conftest import SAMPLE_TEXT, fit_in_process_at
+from lightning_modules.checkpoint import load_model, read_checkpoint
+from lightning_modules.diffusion.ddpm import DDPM
+from lightning_modules.protocols import Encodes, GeneratesText, Samples, missing
+from lightning_modules.registry import import_class, model_class, model_names, read_config
+
+FIT = ("--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+       "--trainer.num_sanity_val_steps", "0", *QUIET)  # fmt: skip
+SMALL_BATCH = ("--data.batch_size", "16")
+# The autoencoders' configured callbacks plot (a t-SNE of the test codes takes seconds); no script reads them.
+NO_PLOTS = (*SMALL_BATCH, "--trainer.callbacks", "[]")
+EMA_ONLY = "[{class_path: lightning.pytorch.callbacks.EMAWeightAveraging, init_args: {decay: 0.9}}]"
+# What makes each model's run tiny; a model not named here runs its config with small batches.
+TINY = {
+    # The config's EMA, without its sample grid and inversion error (whose 64 inversions take seconds).
+    "ddpm": (*SMALL_BATCH, *TINY_DDPM, "--model.inversion_steps", "1", "--model.sample_steps", "2",
+             "--trainer.callbacks", EMA_ONLY),
+    "gpt": TINY_GPT,
+    "gpt_shakespeare_cpu": (*TINY_GPT, "--data.path", "text/1984.txt"),  # the tiny root holds one text
+    "hybrid_vit": (*SMALL_BATCH, "--model.backbone.depth", "1"),
+    "pixel_attention": (*SMALL_BATCH, "--model.backbone.depth", "1"),
+    "ppo": ("--model.num_steps", "16", "--model.update_epochs", "1", "--model.num_minibatches", "2",
+            "--data.eval_episodes", "1"),
+    "resnet": (*SMALL_BATCH, "--model.backbone.depth", "8"),
+    "vae": (*NO_PLOTS, "--model.iwae_samples", "4", "--model.iwae_test_images", "8"),
+    "vit": (*SMALL_BATCH, "--model.backbone.depth", "1"),
+    "ae": NO_PLOTS,
+    "dae": NO_PLOTS,
+}  # fmt: skip
+DRAWS_AT_TEST = {"dae", "vae"}  # test steps that draw random numbers (a corruption, z ~ q(z|x))
+IMAGE_SIDE = 28  # the tiny MNIST's
+
+
+def tiny_flags(name: str) -> tuple[str, ...]:
+    return TINY.get(name, SMALL_BATCH)
+
+
+def figures(text: str) -> dict[str, str]:
+    """The `  name = value` lines that fit.py and evaluate.py print."""
+    return dict(line.strip().split(" = ", 1) for line in text.splitlines() if " = " in line)
+
+
+def fit_quietly(cwd: Path, *args: str):
+    saved = {k: os.environ.pop(k) for k in [n for n in os.environ if n.startswith("LIGHTNING_ZOO_")]}
+    try:
+        return fit_in_process_at(cwd, *args)
+    finally:
+        os.environ.update(saved)
+
+
+class Fitted:
+    """One model's two-step run: its folder, its last.ckpt and the test metrics fit.py printed."""
+
+    def __init__(self, name: str, root: Path, cwd: Path, *extra: str) -> None:
+        self.name, self.root, self.cwd = name, root, cwd
+        result = fit_quietly(cwd, *self.args(*extra))
+        assert result.returncode == 0, result.stderr[-3000:]
+        self.ckpt = cwd / "runs" / name / "version_0" / "checkpoints" / "last.ckpt"
+        assert self.ckpt.is_file(), result.stdout[-2000:]
+        self.test_metrics = figures(result.stdout)
+
+    def args(self, *extra: str) -> tuple[str, ...]:
+        return ("--model", self.name, *self.root_flag(), *FIT, *tiny_flags(self.name), *extra)
+
+    def root_flag(self) -> list[str]:
+        """`--data.root DIR` for data read from files; none for data that has no root (an environment)."""
+        datamodule = import_class(read_config(self.name)["data"]["class_path"])
+        return ["--data.root", str(self.root)] if "root" in inspect.signature(datamodule).parameters else []
+
+
+@pytest.fixture(scope="module")
+def fitted(module_data_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`fitted(name)`: the model's Fitted run, made on first use and shared by the module's tests."""
+    runs: dict[str, Fitted] = {}
+
+    def get(name: str) -> Fitted:
+        if name not in runs:
+            runs[name] = Fitted(name, module_data_root, tmp_path_factory.mktemp(name))
+        return runs[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_evaluate_prints_the_test_metrics(name: str, fitted, capsys) -> None:
+    run = fitted(name)
+    capsys.readouterr()
+    assert evaluate.main(["--ckpt", str(run.ckpt), *run.root_flag()]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"{type(load_model(run.ckpt)).__name__} from {run.ckpt}")
+    shown = figures(printed)
+    # The test loop's metrics are those fit.py printed after training (evaluate() may add figures of its own,
+    # without the test/ prefix). The same weights on the same test batches on a CPU give the same bits, so the
+    # same 4 printed decimals, but for a model that draws in its test step (a VAE's z, a DAE's corruption):
+    # evaluate.py seeds the test loop with 0, fit.py's runs on from training's random state.
+    assert run.test_metrics, "fit.py printed no test metric"
+    assert {k for k in shown if k.startswith("test/")} == set(run.test_metrics)
+    if name not in DRAWS_AT_TEST:
+        assert {k: shown[k] for k in run.test_metrics} == run.test_metrics
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_sample_or_refuse_in_one_line(name: str, fitted, tmp_path: Path, capsys) -> None:
+    run = fitted(name)
+    model = load_model(run.ckpt)
+    capsys.readouterr()
+    if not missing(model, GeneratesText):
+        assert sample.main(["--ckpt", str(run.ckpt), "--prompt", "Winston", "--max_new_tokens", "12"]) == 0
+        text = capsys.readouterr().out.rstrip("\n")
+        assert text.startswith("Winston") and len(text) == len("Winston") + 12
+        assert set(text) <= set(SAMPLE_TEXT)  # the vocabulary came back from the checkpoint
+    elif not missing(model, Samples):
+        out = tmp_path / "grid.png"
+        assert sample.main(["--ckpt", str(run.ckpt), "--n", "4", "--out", str(out)]) == 0
+        assert str(out) in capsys.readouterr().out
+        # make_grid's layout: 2 x 2 images with 2-pixel padding around and between them.
+        assert Image.open(out).size == (2 * IMAGE_SIDE + 3 * 2,) * 2
+    else:
+        assert sample.main(["--ckpt", str(run.ckpt), "--n", "4", "--out", str(tmp_path / "grid.png")]) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert error == [
+            f"sample.py: error: {type(model).__name__} cannot be used for sample.py (or GeneratesText for --prompt): "
+            "it has no sample() (the Samples contract, lightning_modules/protocols.py)"
+        ]
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_invert_where_the_model_encodes(name: str, fitted, tmp_path: Path, capsys) -> None:
+    run = fitted(name)
+    model = load_model(run.ckpt)
+    if not missing(model, GeneratesText):
+        pytest.skip("sample.py continues a prompt for a language model; --invert is for images")
+    out = tmp_path / "inverted.png"
+    capsys.readouterr()
+    code = sample.main(["--ckpt", str(run.ckpt), "--n", "2", "--invert", "--out", str(out), *run.root_flag()])
+    printed = capsys.readouterr()
+    if not missing(model, Encodes):
+        assert code == 0, printed.err
+        assert "reconstruction MSE" in printed.out
+        # Rows of originals, codes (shown only when they are images: a diffusion model's noise) and
+        # regenerations, 2 columns of 28-pixel images with 2-pixel padding around and between them.
+        with torch.no_grad():
+            codes_are_images = model.encode(torch.rand(1, 1, IMAGE_SIDE, IMAGE_SIDE)).dim() == 4
+        rows = 3 if codes_are_images else 2
+        assert Image.open(out).size == (2 * IMAGE_SIDE + 3 * 2, rows * IMAGE_SIDE + (rows + 1) * 2)
+    else:
+        assert code == 2 and printed.err.strip().splitlines() == [
+            f"sample.py: error: {type(model).__name__} cannot be used for sample.py --invert: it has no encode(), "
+            "decode() (the Encodes contract, lightning_modules/protocols.py)"
+        ]
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_resume_takes_one_more_batch(name: str, fitted) -> None:
+    run = fitted(name)
+    checkpoint = read_checkpoint(run.ckpt)
+    saved, batches = checkpoint["global_step"], trained_batches(checkpoint)
+    assert saved > 0 and batches > 0
+    one_more = (
+        "--ckpt_path",
+        str(run.ckpt),
+        "--trainer.max_steps",
+        str(saved + 1),
+        "--trainer.limit_test_batches",
+        "1",
+    )
+    result = fit_quietly(run.cwd, *run.args(*one_more))
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = read_checkpoint(run.cwd / "runs" / name / "version_1" / "checkpoints" / "last.ckpt")
+    # One more training batch, of as many optimiser steps as each batch of the first run took (one, or for a
+    # model that steps its optimiser itself, such as PPO over a rollout's minibatches, several).
+    assert trained_batches(resumed) == batches + 1
+    assert resumed["global_step"] == saved + saved // batches
+
+
+def trained_batches(checkpoint: dict) -> int:
+    """The training batches a checkpoint's run completed, as Lightning's fit loop counts them."""
+    return checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]
+
+
+# A model class with a `compile` flag, by its first registered name; DDPM's compiled checkpoint is tests/test_ddpm.py's.
+COMPILED = sorted(
+    {
+        model_class(n): n
+        for n in reversed(model_names())
+        if "compile" in inspect.signature(model_class(n)).parameters and model_class(n) is not DDPM
+    }.values()
+)
+
+
+@pytest.mark.slow  # torch.compile on CPU: about a minute for the training, validation and test shapes
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_checkpoint_loads_with_the_same_outputs(name: str, module_data_root: Path, tmp_path: Path) -> None:
+    run = Fitted(name, module_data_root, tmp_path, "--model.compile", "true")
+    assert not [key for key in read_checkpoint(run.ckpt)["state_dict"] if "_orig_mod" in key]  # the plain keys
+    model = load_model(run.ckpt)
+    assert model.hparams.compile
+    tokens = torch.randint(0, model.hparams.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        # The loaded transformer compiled in place (its call goes through torch.compile) against the same weights
+        # run eagerly: the module's own forward, which the compiled call wraps.
+        assert model.transformer._compiled_call_impl is not None
+        fast, slow = model(tokens), model.transformer.forward(tokens)
+    # The compiled kernels fuse and reorder float32 operations: agreement to the float32 rounding of sums of a
+    # few dozen products (~1e-7 relative each), well inside rtol 1e-4 / atol 1e-5 on logits of order 1.
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
