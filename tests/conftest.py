@@ -1,5 +1,6 @@
-"""Fixtures: tiny datasets written in the real on-disk formats, and runners for scripts/fit.py: one in a
-subprocess, as a user runs it, and one in this process, which saves the interpreter and torch import per run."""
+"""Fixtures: tiny datasets written in the real on-disk formats, and runners for the scripts: fit.py in a
+subprocess, as a user runs it, and any script's main in this process, which saves the interpreter and torch import
+per run."""
 
 import contextlib
 import functools
