@@ -79,9 +79,10 @@ def test_resnet_depths_and_shortcuts():
 def test_default_backbone_is_lenet5_and_no_helper_takes_a_contract_name():
     model = ImageClassifier()
     assert isinstance(model.backbone, LeNet5)
-    taken = {name for protocol in CONTRACTS for name in members(protocol)}
-    # benchmark_metric is the Benchmarked contract it fulfils; any other contract name would be a helper mistaken for it.
-    assert taken & set(dir(model)) == {"benchmark_metric"}
+    # A classifier fulfils no method contract: a helper named like one would be mistaken for it by the scripts
+    # (the old `evaluate(batch, stage, accuracy)` was). Its one contract attribute is `benchmark_metric`.
+    methods = {name for protocol in CONTRACTS for name in members(protocol) if callable(vars(protocol).get(name))}
+    assert not methods & set(dir(model))
 
 
 def test_hybrid_with_no_stem_is_the_plain_vit():
