@@ -1,8 +1,10 @@
-"""Fixtures: tiny datasets written in the real on-disk formats, and runners for scripts/fit.py: one in a
-subprocess, as a user runs it, and one in this process, which saves the interpreter and torch import per run."""
+"""Fixtures: tiny datasets written in the real on-disk formats, and runners for the scripts: fit.py in a
+subprocess, as a user runs it, and any script's main in this process, which saves the interpreter and torch import
+per run."""
 
 import contextlib
 import functools
+import importlib
 import io
 import logging
 import os
@@ -138,7 +140,7 @@ def run_fit(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) 
 
 # Imported here, not first inside a test: Lightning's log handler keeps the stderr of the moment it is imported,
 # which inside a test is that test's capture, closed when the test ends.
-import fit  # noqa: E402
+import fit  # noqa: E402, F401 - for that side effect; the runners below import the scripts by name
 
 
 @dataclass
@@ -152,18 +154,21 @@ def show_on_stderr(message, category, filename, lineno, file=None, line=None) ->
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
-def fit_in_process_at(cwd: Path, *args: str) -> FitResult:
-    """Run `fit.main(args)` in this process from `cwd` as `python scripts/fit.py *args` would, and return its
-    exit code and output. What a run changes for the process is put back afterwards: the environment
-    (PL_GLOBAL_SEED), the warning filters and format, deterministic algorithms, the global random generators,
-    sys.argv (which the parser's error() reads), the working directory and Lightning's log streams."""
+def script_in_process_at(script: str, cwd: Path, *args: str) -> FitResult:
+    """Run `main(args)` of scripts/<script>.py (fit, sample, evaluate, benchmark) in this process from `cwd` as
+    `python scripts/<script>.py *args` would, and return its exit code and output. What a run changes for the
+    process is put back afterwards: the environment (PL_GLOBAL_SEED), the warning filters and format,
+    deterministic algorithms, the float32 matmul precision, the global random generators, sys.argv (which the
+    parsers' error() reads), the working directory and Lightning's log streams."""
+    main = importlib.import_module(script).main
     out, err = io.StringIO(), io.StringIO()
     environment = dict(os.environ)
     deterministic = torch.are_deterministic_algorithms_enabled()
+    precision = torch.get_float32_matmul_precision()
     generators = random.getstate(), np.random.get_state()
     with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(), torch.random.fork_rng():
         patch.chdir(cwd)
-        patch.setattr(sys, "argv", [str(REPO / "scripts" / "fit.py"), *args])
+        patch.setattr(sys, "argv", [str(REPO / "scripts" / f"{script}.py"), *args])
         patch.setattr(warnings, "formatwarning", warnings.formatwarning)
         warnings.showwarning = show_on_stderr  # as the interpreter would, instead of pytest's recorder
         for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics"):
@@ -172,16 +177,22 @@ def fit_in_process_at(cwd: Path, *args: str) -> FitResult:
                     patch.setattr(handler, "stream", err)
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                code = fit.main(list(args))
+                code = main(list(args))
         except SystemExit as exit_:  # the parser's error() and --help exit
             code = exit_.code if isinstance(exit_.code, int) else 1
         finally:
             os.environ.clear()
             os.environ.update(environment)
             torch.use_deterministic_algorithms(deterministic)
+            torch.set_float32_matmul_precision(precision)
             random.setstate(generators[0])
             np.random.set_state(generators[1])
     return FitResult(code, out.getvalue(), err.getvalue())
+
+
+def fit_in_process_at(cwd: Path, *args: str) -> FitResult:
+    """`python scripts/fit.py *args` from `cwd`, in this process (script_in_process_at)."""
+    return script_in_process_at("fit", cwd, *args)
 
 
 @pytest.fixture
@@ -208,3 +219,32 @@ def write_all_datasets(root: Path) -> Path:
 def module_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`data_root`, written once for all the tests of a module (for checkpoints fitted once and shared)."""
     return write_all_datasets(tmp_path_factory.mktemp("data"))
+
+
+# ---- The other scripts in this process (sample.py, evaluate.py, benchmark.py) ----
+
+
+@pytest.fixture
+def script_in_process(fit_in_process, tmp_path: Path):
+    """`script_in_process("sample", *args)`: main() of scripts/sample.py (or evaluate, benchmark) in this process,
+    from tmp_path, in the environment fit_in_process sets up (no LIGHTNING_ZOO_ variable but the test's)."""
+    return lambda script, *args: script_in_process_at(script, tmp_path, *args)
+
+
+@pytest.fixture
+def lenet_checkpoint(tmp_path: Path) -> Path:
+    """An untrained LeNet-5 classifier saved as fit.py saves one (LightningCLI's `_class_path` included): the FID
+    classifier of the diffusion tests, and a checkpoint for the scripts' bad-input checks."""
+    import lightning as L
+
+    from lightning_modules.blocks.small_nets import LeNet5
+    from lightning_modules.classifiers.classifier import ImageClassifier
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = ImageClassifier(LeNet5, image_shape=(1, 28, 28), num_classes=10)
+    model.hparams["_class_path"] = "lightning_modules.classifiers.classifier.ImageClassifier"
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "lenet5.ckpt")
+    return tmp_path / "lenet5.ckpt"

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import run_fit
 from lightning_modules.blocks.resnet import ResNet
 from lightning_modules.blocks.small_nets import MLP, ConvNet, LeNet5
 from lightning_modules.blocks.vit import HybridViT, PixelAttention, ViT
@@ -147,21 +146,19 @@ def test_bad_backbone_choices_are_one_clear_error(backbone, args, shape, message
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
-def test_fast_dev_run(name, data_root, tmp_path):
-    result = run_fit(
+def test_fast_dev_run(name, data_root, fit_in_process):
+    result = fit_in_process(
         "--model", name, "--trainer.fast_dev_run", "true", "--data.root", str(data_root),
-        "--data.fallback", "false", "--data.batch_size", "8", cwd=tmp_path,
+        "--data.fallback", "false", "--data.batch_size", "8",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test/acc = " in result.stdout
 
 
-@pytest.mark.slow  # another fit.py start; the error itself is checked in-process above
-def test_image_size_the_backbone_cannot_take(data_root, tmp_path):
-    result = run_fit(
-        "--model", "vit", "--trainer.fast_dev_run", "true", "--data.root", str(data_root),
-        "--data.image_size", "30", cwd=tmp_path,
-    )  # fmt: skip
+def test_image_size_the_backbone_cannot_take(data_root, fit_in_process):
+    result = fit_in_process(
+        "--model", "vit", "--trainer.fast_dev_run", "true", "--data.root", str(data_root), "--data.image_size", "30"
+    )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "patch_size" in errors[0], result.stderr[-2000:]
@@ -187,11 +184,11 @@ def test_checkpoint_of_a_model_built_in_python_loads_with_weights_only(tmp_path)
     torch.testing.assert_close(loaded.eval()(x), model.eval()(x), rtol=0, atol=0)
 
 
-def test_backbone_option_on_the_command_line_and_its_checkpoint(data_root, tmp_path):
-    result = run_fit(
+def test_backbone_option_on_the_command_line_and_its_checkpoint(data_root, tmp_path, fit_in_process):
+    result = fit_in_process(
         "--model", "resnet", "--model.backbone.depth", "8", "--data.root", str(data_root), "--data.fallback",
         "false", "--data.batch_size", "8", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
-        "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+        "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = tmp_path.glob("runs/resnet/*/checkpoints/last.ckpt")
@@ -202,7 +199,7 @@ def test_backbone_option_on_the_command_line_and_its_checkpoint(data_root, tmp_p
         "class_path": "lightning_modules.blocks.resnet.ResNet",
         "init_args": {"depth": 8, "shortcut": "A"},
     }
-    typo = run_fit("--model", "resnet", "--model.backbone.init_args.dept", "5", cwd=tmp_path)
+    typo = fit_in_process("--model", "resnet", "--model.backbone.init_args.dept", "5")
     errors = [line for line in typo.stderr.splitlines() if line.strip()]
     assert typo.returncode == 2 and len(errors) == 1, typo.stderr[-2000:]
     assert errors[0].startswith("fit.py: error: --model.backbone.init_args.dept: Option 'dept' is not accepted")

@@ -2,7 +2,6 @@
 inversion, inpainting, the FID and inversion callbacks at test time, evaluate(), the compiled model's checkpoint,
 and scripts/fit.py and sample.py end to end."""
 
-import importlib.util
 from functools import partial
 from pathlib import Path
 
@@ -10,12 +9,10 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import REPO, run_fit
+import fit
 from lightning_modules.blocks.mlp_denoiser import MLPDenoiser
-from lightning_modules.blocks.small_nets import LeNet5
 from lightning_modules.blocks.unet import MultiHeadUNet, UNet
 from lightning_modules.checkpoint import load_datamodule, load_model
-from lightning_modules.classifiers.classifier import ImageClassifier
 from lightning_modules.diffusion.ddpm import DDPM, parse_sampler
 from lightning_modules.masks import grid_mask
 
@@ -107,30 +104,17 @@ def test_sampler_names() -> None:
         parse_sampler("euler")
 
 
-@pytest.fixture
-def lenet_checkpoint(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    model = ImageClassifier(LeNet5, image_shape=(1, 28, 28), num_classes=10)
-    model.hparams["_class_path"] = "lightning_modules.classifiers.classifier.ImageClassifier"
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.strategy.connect(model)
-    trainer.save_checkpoint(tmp_path / "lenet5.ckpt")
-    return tmp_path / "lenet5.ckpt"
-
-
-def test_fit_sample_and_evaluate_end_to_end(data_root: Path, tmp_path: Path, lenet_checkpoint: Path) -> None:
+def test_fit_sample_and_evaluate_end_to_end(
+    data_root: Path, tmp_path: Path, lenet_checkpoint: Path, fit_in_process, script_in_process
+) -> None:
     """Two tiny epochs with the FID (SampleFID) and the inversion error (InversionError) at test time, then the
     checkpoint through scripts/sample.py (plain, --inpaint, --invert) and DDPM.evaluate on the DataModule that
     the checkpoint records."""
-    import subprocess
-    import sys
-
-    result = run_fit(
+    result = fit_in_process(
         "--model", "ddpm", "--data.root", str(data_root), "--trainer.max_epochs", "2", *TINY_FLAGS,
         "--trainer.callbacks+=callbacks.sample_fid.SampleFID", "--trainer.callbacks.classifier", str(lenet_checkpoint),
         "--trainer.callbacks.n", "20",
         "--trainer.callbacks.samplers", "{ddim5: {sampler: ddim, steps: 5}, ddim3: {sampler: ddim, steps: 3}}",
-        cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     for metric in ("test/loss", "test/fid_ddim5", "test/fid_ddim3", "test/inversion_mse"):
@@ -141,17 +125,14 @@ def test_fit_sample_and_evaluate_end_to_end(data_root: Path, tmp_path: Path, len
     model = load_model(ckpt)
     assert isinstance(model, DDPM) and isinstance(model.denoiser, UNet)
     assert model.denoiser.base_channels == 8  # the nested option came back from the checkpoint
-
-    def script(name: str, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, str(REPO / "scripts" / name), "--ckpt", str(ckpt), *args],
-            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    for index, mode in enumerate(([], ["--inpaint", "grid"], ["--invert"])):
+        out = tmp_path / f"sample{index}.png"
+        sampled = script_in_process(
+            "sample", "--ckpt", str(ckpt), "--n", "4", "--steps", "5", "--out", str(out), "--data.root",
+            str(data_root), *mode,
         )  # fmt: skip
-
-    for mode in ([], ["--inpaint", "grid"], ["--invert"]):
-        out = script("sample.py", "--n", "4", "--steps", "5", "--out", "s.png", "--data.root", str(data_root), *mode)
-        assert out.returncode == 0, out.stderr
-        assert (tmp_path / "s.png").stat().st_size > 0
+        assert sampled.returncode == 0, sampled.stderr[-3000:]
+        assert out.stat().st_size > 0
     figures = model.evaluate(
         load_datamodule(ckpt, str(data_root)), samplers="ddim3", fid_classifier=str(lenet_checkpoint), samples=20
     )
@@ -159,20 +140,20 @@ def test_fit_sample_and_evaluate_end_to_end(data_root: Path, tmp_path: Path, len
     assert all(value >= 0 for value in figures.values())
 
 
-@pytest.mark.parametrize("data", [["--data", "mnist"], ["--data", "fashion_mnist"], ["--data", "toy2d", *MLP_FLAG]])
-def test_fast_dev_run_with_the_config(data: list[str], data_root: Path, tmp_path: Path) -> None:
+# Fashion-MNIST takes MNIST's path (its DataModule subclasses MNIST's, the same image shape): one of them is enough.
+@pytest.mark.parametrize("data", [["--data", "mnist"], ["--data", "toy2d", *MLP_FLAG]])
+def test_fast_dev_run_with_the_config(data: list[str], data_root: Path, fit_in_process) -> None:
     """The registered config as a user runs it (its U-Net size; the MLP for points), one batch of each stage."""
     root = [] if "toy2d" in data else ["--data.root", str(data_root)]
-    result = run_fit(
-        "--model", "ddpm", *data, *root, "--trainer.fast_dev_run", "true", "--model.inversion_steps", "3",
-        cwd=tmp_path,
+    result = fit_in_process(
+        "--model", "ddpm", *data, *root, "--trainer.fast_dev_run", "true", "--model.inversion_steps", "3"
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test/loss" in result.stdout and "test/inversion_mse" in result.stdout
 
 
-def test_points_with_the_configs_unet_are_one_line_naming_the_flag(tmp_path: Path) -> None:
-    result = run_fit("--model", "ddpm", "--data", "toy2d", "--trainer.fast_dev_run", "true", cwd=tmp_path)
+def test_points_with_the_configs_unet_are_one_line_naming_the_flag(fit_in_process) -> None:
+    result = fit_in_process("--model", "ddpm", "--data", "toy2d", "--trainer.fast_dev_run", "true")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "fit.py: error: --model.denoiser: UNet models images, but the data are 2-D points; "
@@ -180,16 +161,8 @@ def test_points_with_the_configs_unet_are_one_line_naming_the_flag(tmp_path: Pat
     )
 
 
-def load_fit_script():
-    spec = importlib.util.spec_from_file_location("fit_script", REPO / "scripts" / "fit.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def compiled_checkpoint(data_root: Path, folder: Path) -> tuple[DDPM, Path]:
     """A DDPM built as fit.py builds it (LightningCLI) with --model.compile true, saved as fit.py saves it."""
-    fit = load_fit_script()
     _, args = fit.translate(["--model", "ddpm", "--data.root", str(data_root), *TINY_FLAGS, "--model.compile", "true",
                              "--trainer.logger", "false", "--trainer.callbacks", "[]"])  # fmt: skip
     model = fit.ZooCLI("ddpm", args).model

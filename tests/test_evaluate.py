@@ -1,31 +1,26 @@
-"""scripts/evaluate.py on real checkpoints of a classifier and the VAE (written by a tiny in-process fit.py run):
-the printed test metric is trainer.test's on the same checkpoint and data, the data root can be moved, and bad
-input is one line."""
+"""scripts/evaluate.py (its main, in this process) on real checkpoints of a classifier and the VAE (written by a
+tiny in-process fit.py run): the printed test metric is trainer.test's on the same checkpoint and data, the data
+root can be moved, and bad input is one line."""
 
-import runpy
 import shutil
 
 import lightning as L
 import pytest
 from lightning.pytorch.callbacks import LambdaCallback
 
-import fit
-from conftest import REPO
+from conftest import fit_in_process_at
 from datamodules import MNISTDataModule
 from lightning_modules.checkpoint import CheckpointError, load_datamodule, load_model
 
 
-def evaluate_main():
-    return runpy.run_path(str(REPO / "scripts" / "evaluate.py"))["main"]  # the real script, in this process
-
-
-def fitted_checkpoint(model: str, data_root, workdir, monkeypatch) -> str:
+def fitted_checkpoint(model: str, data_root, workdir, *options: str) -> str:
     """Two training steps of `model` on the tiny MNIST through fit.py; the last.ckpt it writes."""
-    monkeypatch.chdir(workdir)
-    status = fit.main(["--model", model, "--data.root", str(data_root), "--data.batch_size", "16",
-                       "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
-                       "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])  # fmt: skip
-    assert status == 0
+    result = fit_in_process_at(
+        workdir, "--model", model, "--data.root", str(data_root), "--data.batch_size", "16", "--trainer.max_steps",
+        "2", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", *options,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
     [checkpoint] = workdir.glob(f"runs/{model}/version_0/checkpoints/last.ckpt")
     return str(checkpoint)
 
@@ -34,14 +29,19 @@ def printed_figures(text: str) -> dict[str, str]:
     return dict(line.strip().split(" = ") for line in text.splitlines() if " = " in line)
 
 
-@pytest.mark.parametrize("model, metric", [("mlp", "test/acc"), ("vae", "test/neg_elbo_nats")])
-def test_prints_the_test_metrics_of_the_checkpoint(model, metric, data_root, tmp_path, monkeypatch, capsys):
-    checkpoint = fitted_checkpoint(model, data_root, tmp_path, monkeypatch)
+# The VAE's importance-sampled -log p(x) with 10 samples instead of the config's 1000 decoder passes per image:
+# the same code path, a hundredth of the three test runs' time (fit.py's, evaluate.py's and this test's).
+@pytest.mark.parametrize(
+    "model, metric, options",
+    [("mlp", "test/acc", ()), ("vae", "test/neg_elbo_nats", ("--model.iwae_samples", "10"))],
+)
+def test_prints_the_test_metrics_of_the_checkpoint(model, metric, options, data_root, tmp_path, script_in_process):
+    checkpoint = fitted_checkpoint(model, data_root, tmp_path, *options)
     moved = tmp_path / "moved_data"
     shutil.move(data_root, moved)  # the data moved since training: --data.root says where it is now
-    capsys.readouterr()
-    assert evaluate_main()(["--ckpt", checkpoint, "--data.root", str(moved)]) == 0
-    figures = printed_figures(capsys.readouterr().out)
+    evaluated = script_in_process("evaluate", "--ckpt", checkpoint, "--data.root", str(moved))
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    figures = printed_figures(evaluated.stdout)
 
     # evaluate.py's documented seeding, 0 as the test loop starts: the VAE's -ELBO draws z.
     seeded = LambdaCallback(on_test_start=lambda *_: L.seed_everything(0, verbose=False))
@@ -55,25 +55,23 @@ def test_prints_the_test_metrics_of_the_checkpoint(model, metric, data_root, tmp
     assert set(figures) == set(expected)
 
 
-def test_bad_input_is_one_line(data_root, tmp_path, monkeypatch, capsys):
-    evaluate = evaluate_main()
-    assert evaluate(["--ckpt", str(tmp_path / "nowhere.ckpt")]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
+def test_bad_input_is_one_line(lenet_checkpoint, tmp_path, script_in_process):
+    missing = script_in_process("evaluate", "--ckpt", str(tmp_path / "nowhere.ckpt"))
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
         f"evaluate.py: error: checkpoint {tmp_path / 'nowhere.ckpt'} not found; pass the .ckpt file written by "
         "scripts/fit.py"
     ]
-    checkpoint = fitted_checkpoint("mlp", data_root, tmp_path, monkeypatch)
-    capsys.readouterr()
-    assert evaluate(["--ckpt", checkpoint, "--episodes", "3"]) == 2
-    output = capsys.readouterr()
-    assert output.out == "" and output.err.strip().splitlines() == [
+    # The options are checked against the model before any data is read: an untrained classifier will do.
+    episodes = script_in_process("evaluate", "--ckpt", str(lenet_checkpoint), "--episodes", "3")
+    assert episodes.returncode == 2 and episodes.stdout == ""
+    assert episodes.stderr.strip().splitlines() == [
         "evaluate.py: error: ImageClassifier's evaluation takes no --episodes; drop it"
     ]
-    assert evaluate(["--ckpt", checkpoint, "--video", "x.gif"]) == 2
-    assert "cannot be used for --video: it has no render()" in capsys.readouterr().err
+    video = script_in_process("evaluate", "--ckpt", str(lenet_checkpoint), "--video", "x.gif")
+    assert video.returncode == 2 and "cannot be used for --video: it has no render()" in video.stderr
 
 
-def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+def test_debug_shows_the_traceback(tmp_path, monkeypatch, script_in_process):
     monkeypatch.setenv("LIGHTNING_ZOO_DEBUG", "1")
     with pytest.raises(CheckpointError, match="nowhere.ckpt not found"):
-        evaluate_main()(["--ckpt", str(tmp_path / "nowhere.ckpt")])
+        script_in_process("evaluate", "--ckpt", str(tmp_path / "nowhere.ckpt"))

@@ -9,7 +9,6 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from callbacks.text_samples import TextSamples
-from conftest import run_fit
 from datamodules import TextDataModule
 from lightning_modules.blocks.transformer import KVCache, rotary_angles, rotate
 from lightning_modules.language.gpt import GPT, next_token_nll
@@ -148,12 +147,12 @@ def test_trainer_run_logs_text_samples_and_steps_the_schedule(data_root, tmp_pat
     assert [group["lr"] for group in trainer.optimizers[0].param_groups] == pytest.approx([want, want])
 
 
-def test_fit_fast_dev_run_and_too_long_block_size(data_root, tmp_path):
+def test_fit_fast_dev_run_and_too_long_block_size(data_root, fit_in_process):
     small = ("--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "--model.block_size", "32")
     args = ("--model", "gpt", "--trainer.fast_dev_run", "true", "--data.root", str(data_root), *small)
-    result = run_fit(*args, "--data.block_size", "32", cwd=tmp_path)
+    result = fit_in_process(*args, "--data.block_size", "32")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "gpt on TextDataModule" in result.stdout and "test/loss_nats = " in result.stdout
-    refused = run_fit(*args, "--data.block_size", "64", cwd=tmp_path)
+    refused = fit_in_process(*args, "--data.block_size", "64")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "--data.block_size 64 is larger than the model's context 32" in refused.stderr

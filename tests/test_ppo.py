@@ -1,7 +1,5 @@
 """PPO as a Lightning run: rollout shapes, environment steps counted, the stop at total_env_steps, Pendulum,
-fit.py's smoke run, the same seed giving the same returns, and scripts/evaluate.py on a tiny checkpoint."""
-
-import runpy
+the same seed giving the same returns, and fit.py's one-rollout run with scripts/evaluate.py on its checkpoint."""
 
 import gymnasium as gym
 import lightning as L
@@ -11,7 +9,6 @@ import torch
 from PIL import Image
 
 from callbacks import SolvedAt
-from conftest import REPO, run_fit
 from datamodules.environments import GymDataModule
 from lightning_modules.rl.ppo import PPO
 
@@ -97,12 +94,6 @@ def test_bad_settings_are_one_clear_error():
         PPO(env_id="Blackjack-v1")
 
 
-def test_fast_dev_run(tmp_path):
-    result = run_fit("--model", "ppo", "--trainer.fast_dev_run", "true", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "ppo on GymDataModule" in result.stdout and "test/mean_return = " in result.stdout
-
-
 def short_run(seed: int) -> tuple[dict, list[float], dict]:
     """Two rollouts of 4 x 16 steps seeded like fit.py's --seed: test metrics, training returns, weights."""
     L.seed_everything(seed)
@@ -131,21 +122,24 @@ def test_same_seed_same_returns():
     assert other[1] != first[1]  # and the seed matters
 
 
-def test_fit_then_evaluate_script_prints_returns_and_saves_a_gif(tmp_path, capsys):
+def test_fit_then_evaluate_script_prints_returns_and_saves_a_gif(tmp_path, fit_in_process, script_in_process):
+    """One rollout through fit.py (the smoke run: a fast_dev_run would save no checkpoint), then evaluate.py."""
     args = ("--model", "ppo", "--trainer.max_epochs", "1", "--model.num_steps", "32", "--data.eval_episodes", "3",
             "--trainer.enable_progress_bar", "false")  # fmt: skip
-    fitted = run_fit(*args, cwd=tmp_path)
+    fitted = fit_in_process(*args)
     assert fitted.returncode == 0, fitted.stderr[-3000:]
+    assert "ppo on GymDataModule" in fitted.stdout and "test/mean_return = " in fitted.stdout
     checkpoint = str(tmp_path / "runs/ppo/version_0/checkpoints/last.ckpt")
     video = tmp_path / "episode.gif"
-    evaluate = runpy.run_path(str(REPO / "scripts/evaluate.py"))["main"]  # the real script, in this process
-    assert evaluate(["--ckpt", checkpoint, "--episodes", "4", "--video", str(video)]) == 0
-    printed = capsys.readouterr().out
+    evaluated = script_in_process("evaluate", "--ckpt", checkpoint, "--episodes", "4", "--video", str(video))
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    printed = evaluated.stdout
     assert "mean_return = " in printed and "std_return = " in printed and "episodes = 4" in printed
     with Image.open(video) as gif:
         assert gif.n_frames > 1 and gif.size == (600, 400)  # CartPole's rgb_array frames
-    assert evaluate(["--ckpt", checkpoint, "--video", str(tmp_path / "x.mp4")]) == 2
-    assert "evaluate.py: error: --video writes a GIF" in capsys.readouterr().err
+    refused = script_in_process("evaluate", "--ckpt", checkpoint, "--video", str(tmp_path / "x.mp4"))
+    assert refused.returncode == 2
+    assert "evaluate.py: error: --video writes a GIF" in refused.stderr
 
 
 def test_solved_at_marks_the_first_window_of_episodes_whose_mean_reaches_the_threshold():

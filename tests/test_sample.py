@@ -1,15 +1,11 @@
-"""scripts/sample.py as a user runs it: text from a GPT checkpoint (vocabulary inside), images from a VAE."""
-
-import importlib.util
-import subprocess
-import sys
+"""scripts/sample.py (its main, in this process): text from a GPT checkpoint (vocabulary inside), images from a VAE."""
 
 import lightning as L
 import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, SAMPLE_TEXT, run_fit, write_text
+from conftest import SAMPLE_TEXT, fit_in_process_at, write_text
 from lightning_modules.autoencoders.vae import VAE
 
 TINY_GPT = ("--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "--model.block_size", "32",
@@ -17,29 +13,8 @@ TINY_GPT = ("--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2
 QUIET = ("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false")
 
 
-def load_sample_script():
-    """scripts/sample.py as a module, so most tests call its main() in-process (no interpreter start-up)."""
-    spec = importlib.util.spec_from_file_location("sample_script", REPO / "scripts" / "sample.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sample_script = load_sample_script()
-
-
-def run_sample(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "sample.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def train(*args: str, cwd):
-    result = run_fit(*args, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", *QUIET, cwd=cwd)
+    result = fit_in_process_at(cwd, *args, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", *QUIET)
     assert result.returncode == 0, result.stderr[-3000:]
     return next(cwd.glob("runs/*/version_0/checkpoints/last.ckpt"))
 
@@ -59,21 +34,22 @@ def test_vocabulary_travels_in_the_checkpoint(gpt_checkpoint):
     assert saved["hyper_parameters"]["vocab_size"] == len(set(SAMPLE_TEXT))
 
 
-def test_text_from_a_prompt(gpt_checkpoint, tmp_path):
+def test_text_from_a_prompt(gpt_checkpoint, script_in_process):
     args = ("--ckpt", str(gpt_checkpoint), "--prompt", "Winston", "--max_new_tokens", "40", "--num_samples", "2")
-    result = run_sample(*args, cwd=tmp_path)
+    result = script_in_process("sample", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     samples = result.stdout.rstrip("\n").split("\n---\n")
     assert len(samples) == 2 and all(s.startswith("Winston") and len(s) == len("Winston") + 40 for s in samples)
     assert set("".join(samples)) <= set(saved_vocab(gpt_checkpoint))
 
 
-def test_text_is_seeded(gpt_checkpoint, capsys):
+def test_text_is_seeded(gpt_checkpoint, script_in_process):
     args = ["--ckpt", str(gpt_checkpoint), "--prompt", "W", "--max_new_tokens", "20"]
     texts = []
     for seed in ("0", "0", "1"):
-        assert sample_script.main([*args, "--seed", seed]) == 0
-        texts.append(capsys.readouterr().out)
+        result = script_in_process("sample", *args, "--seed", seed)
+        assert result.returncode == 0, result.stderr[-3000:]
+        texts.append(result.stdout)
     assert texts[0] == texts[1] != texts[2]
 
 
@@ -81,9 +57,10 @@ def saved_vocab(checkpoint) -> str:
     return torch.load(checkpoint, map_location="cpu", weights_only=True)["TextDataModule"]["vocab"]
 
 
-def test_prompt_outside_the_vocabulary_is_one_clear_line(gpt_checkpoint, capsys):
-    assert sample_script.main(["--ckpt", str(gpt_checkpoint), "--prompt", "Winston XZ€Z"]) == 2
-    error = capsys.readouterr().err
+def test_prompt_outside_the_vocabulary_is_one_clear_line(gpt_checkpoint, script_in_process):
+    result = script_in_process("sample", "--ckpt", str(gpt_checkpoint), "--prompt", "Winston XZ€Z")
+    error = result.stderr
+    assert result.returncode == 2
     assert len(error.strip().splitlines()) == 1
     assert "outside the model's vocabulary: 'XZ€'" in error
 
@@ -105,23 +82,25 @@ def vae_checkpoint(tmp_path):
     return checkpoint
 
 
-def test_image_grid_from_a_vae(tmp_path):
+def test_image_grid_from_a_vae(tmp_path, script_in_process):
     checkpoint = vae_checkpoint(tmp_path)
     out = tmp_path / "grid.png"
-    assert sample_script.main(["--ckpt", str(checkpoint), "--n", "9", "--out", str(out)]) == 0
+    result = script_in_process("sample", "--ckpt", str(checkpoint), "--n", "9", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
     # make_grid's layout: 3 x 3 images of 8 x 8 with 2-pixel padding around and between them.
     assert Image.open(out).size == (3 * 8 + 4 * 2, 3 * 8 + 4 * 2)
 
 
-def test_inpainting_needs_the_contract_and_inversion_the_recorded_data(tmp_path, capsys):
+def test_inpainting_needs_the_contract_and_inversion_the_recorded_data(tmp_path, script_in_process):
     checkpoint = str(vae_checkpoint(tmp_path))
-    assert sample_script.main(["--ckpt", checkpoint, "--n", "2", "--inpaint", "box"]) == 2
-    assert "VAE cannot be used for sample.py --inpaint: it has no inpaint()" in capsys.readouterr().err
+    inpainted = script_in_process("sample", "--ckpt", checkpoint, "--n", "2", "--inpaint", "box")
+    assert inpainted.returncode == 2
+    assert "VAE cannot be used for sample.py --inpaint: it has no inpaint()" in inpainted.stderr
     # A VAE encodes and decodes, so --invert takes it; this checkpoint records no DataModule to take images from.
-    assert sample_script.main(["--ckpt", checkpoint, "--n", "2", "--invert"]) == 2
-    assert "records no image DataModule" in capsys.readouterr().err
+    inverted = script_in_process("sample", "--ckpt", checkpoint, "--n", "2", "--invert")
+    assert inverted.returncode == 2 and "records no image DataModule" in inverted.stderr
 
 
-def test_missing_checkpoint(tmp_path, capsys):
-    assert sample_script.main(["--ckpt", str(tmp_path / "nope.ckpt")]) == 2
-    assert "nope.ckpt not found" in capsys.readouterr().err
+def test_missing_checkpoint(tmp_path, script_in_process):
+    result = script_in_process("sample", "--ckpt", str(tmp_path / "nope.ckpt"))
+    assert result.returncode == 2 and "nope.ckpt not found" in result.stderr
