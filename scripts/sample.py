@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = load_model(options.ckpt, map_location=options.device)
         if not missing(model, GeneratesText):
+            if options.inpaint or options.invert:
+                flag = "--inpaint" if options.inpaint else "--invert"
+                raise ValueError(f"{type(model).__name__} generates text: {flag} is for image models; drop it")
             print(sample_text(model, options))
         elif options.n < 1:
             raise ValueError(f"--n must be at least 1, got {options.n}")

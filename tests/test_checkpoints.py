@@ -145,13 +145,15 @@ def test_sample_or_refuse_in_one_line(name: str, fitted, tmp_path: Path, capsys)
 def test_invert_where_the_model_encodes(name: str, fitted, tmp_path: Path, capsys) -> None:
     run = fitted(name)
     model = load_model(run.ckpt)
-    if not missing(model, GeneratesText):
-        pytest.skip("sample.py continues a prompt for a language model; --invert is for images")
     out = tmp_path / "inverted.png"
     capsys.readouterr()
     code = sample.main(["--ckpt", str(run.ckpt), "--n", "2", "--invert", "--out", str(out), *run.root_flag()])
     printed = capsys.readouterr()
-    if not missing(model, Encodes):
+    if not missing(model, GeneratesText):
+        assert code == 2 and printed.err.strip().splitlines() == [
+            f"sample.py: error: {type(model).__name__} generates text: --invert is for image models; drop it"
+        ]
+    elif not missing(model, Encodes):
         assert code == 0, printed.err
         assert "reconstruction MSE" in printed.out
         # Rows of originals, codes (shown only when they are images: a diffusion model's noise) and
