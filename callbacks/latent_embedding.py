@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 
 from callbacks.image_batches import output_folder
+from lightning_modules.protocols import Encodes, require
 
 
 def embed_2d_or_3d(codes: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -36,8 +37,8 @@ def scatter_figure(points: np.ndarray, labels: np.ndarray | None, title: str) ->
 
 
 class LatentEmbedding(L.Callback):
-    """At the end of testing, encodes up to `max_points` test images with the model's `encode` (see
-    callbacks/latent_walk.py for the convention) and plots the codes coloured by label: as they are when
+    """At the end of testing, encodes up to `max_points` test images with the model's `encode` (the Encodes
+    contract, lightning_modules/protocols.py) and plots the codes coloured by label: as they are when
     the latent is 2-D or 3-D, through t-SNE otherwise. The figure goes to TensorBoard as
     `latent_embedding/test` and to `<run folder>/latent_embedding/test.png`. Runs without a logger plot nothing.
     """
@@ -53,6 +54,9 @@ class LatentEmbedding(L.Callback):
         self.max_points, self.seed = max_points, seed
         self._codes: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        require(pl_module, Encodes, "LatentEmbedding")
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._codes, self._labels = [], []

@@ -5,14 +5,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from callbacks.image_batches import first_test_images, is_due, output_folder, write_grid
+from lightning_modules.protocols import Encodes, require
 
 
 class ReconstructionGrid(L.Callback):
     """Every `every_n_epochs` training epochs and after the last, writes a grid of `n` test images, one per column: the inputs
     in the first row, then (for a model with `corrupt(x)`, the denoising autoencoder) the corrupted inputs,
     then the reconstructions `decode(encode(input))`. It goes to TensorBoard as `reconstructions/grid` and
-    to `<run folder>/reconstructions/grid_epoch<E>.png`. Uses only the documented model methods (`encode`,
-    `decode` and the optional `corrupt`; see callbacks/latent_walk.py). Runs without a logger write nothing.
+    to `<run folder>/reconstructions/grid_epoch<E>.png`. Uses only the Encodes contract (`encode`, `decode`;
+    lightning_modules/protocols.py) and the optional `corrupt`. Runs without a logger write nothing.
     """
 
     def __init__(self, every_n_epochs: int = 1, n: int = 16) -> None:
@@ -24,6 +25,9 @@ class ReconstructionGrid(L.Callback):
         if every_n_epochs < 1 or n < 1:
             raise ValueError("ReconstructionGrid needs every_n_epochs >= 1 and n >= 1")
         self.every_n_epochs, self.n = every_n_epochs, n
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        require(pl_module, Encodes, "ReconstructionGrid")
 
     @torch.no_grad()
     def rows(self, pl_module: L.LightningModule, images: torch.Tensor) -> torch.Tensor:

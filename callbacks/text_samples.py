@@ -4,6 +4,8 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from lightning_modules.protocols import GeneratesText, require
+
 
 class TextSamples(L.Callback):
     """Every `every_n_steps` optimiser steps, continue `prompt` with the model's `generate` and log the texts
@@ -34,6 +36,9 @@ class TextSamples(L.Callback):
             raise ValueError(f"TextSamples every_n_steps must be at least 1, got {every_n_steps}")
         self.every_n_steps, self.prompt, self.num_samples = every_n_steps, prompt, num_samples
         self.max_new_tokens, self.temperature, self.top_k, self.seed = max_new_tokens, temperature, top_k, seed
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        require(pl_module, GeneratesText, "TextSamples")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
         step = trainer.global_step

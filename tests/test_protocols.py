@@ -72,3 +72,26 @@ def test_require_names_the_missing_methods():
     with pytest.raises(ValueError, match=r"has no sample\(\) \(the Samples contract"):
         require(model, Samples, "a sample grid")
     require(model, type("Nothing", (), {}), "anything")  # an empty contract is always met
+
+
+@pytest.mark.parametrize(
+    ("callback", "method"),
+    [
+        ("callbacks.reconstruction_grid.ReconstructionGrid", "encode"),
+        ("callbacks.latent_embedding.LatentEmbedding", "encode"),
+        ("callbacks.latent_walk.LatentWalk", "encode"),
+        ("callbacks.inversion_error.InversionError", "encode"),
+        ("callbacks.sample_grid.SampleGrid", "sample"),
+        ("callbacks.text_samples.TextSamples", "generate"),
+    ],
+)
+def test_each_callback_refuses_a_model_without_its_contract_in_one_line(callback, method):
+    import lightning as L
+
+    from lightning_modules.registry import import_class
+
+    class Bare(L.LightningModule):
+        pass
+
+    with pytest.raises(ValueError, match=rf"^Bare cannot be used for .*: it has no {method}\(\)"):
+        import_class(callback)().setup(None, Bare(), "fit")
