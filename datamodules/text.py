@@ -134,6 +134,11 @@ class TextDataModule(InMemoryDataModule):
     def vocab_size(self) -> int:
         return len(self.vocab)
 
+    @property
+    def sequence_length(self) -> int:
+        """The length of the training windows; linked into models by scripts/fit.py."""
+        return self.hparams.block_size
+
     def encode(self, text: str) -> torch.Tensor:
         """Token ids of `text`, found by binary search over the sorted code points (no per-char Python)."""
         codes = torch.from_numpy(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64))

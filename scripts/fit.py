@@ -25,7 +25,7 @@ from one_line_errors import BAD_INPUT, debugging, print_error, report
 DEFAULT_SEED = 0
 # What a model needs to know about its data flows from the DataModule.
 # A model that does not take one of these arguments is simply not linked to it.
-DATA_FACTS = ("image_shape", "num_classes", "vocab_size", "data_dim")
+DATA_FACTS = ("image_shape", "num_classes", "vocab_size", "data_dim", "sequence_length")
 
 
 class UsageError(ValueError):

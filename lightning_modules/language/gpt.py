@@ -103,6 +103,7 @@ class GPT(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.99),
         compile: bool = False,
         position: Literal["learned", "rope"] = "learned",
+        sequence_length: int | None = None,
     ) -> None:
         """
         Args:
@@ -122,12 +123,19 @@ class GPT(L.LightningModule):
             compile: run the transformer through torch.compile.
             position: "learned" absolute position embeddings (GPT-2) or "rope", rotary embeddings of the
                 queries and keys (Su et al. 2021).
+            sequence_length: the length of the DataModule's training windows; set from it by scripts/fit.py,
+                and at most block_size.
         """
         super().__init__()
         if vocab_size is None:
             raise ValueError("gpt needs text data: use --data text (a UTF-8 file via --data.path)")
         if n_embd % n_head:
             raise ValueError(f"--model.n_embd {n_embd} must be a multiple of --model.n_head {n_head}")
+        if sequence_length is not None and sequence_length > block_size:
+            raise ValueError(
+                f"--data.block_size {sequence_length} is larger than the model's context {block_size}; "
+                f"pass --data.block_size {block_size} or less, or --model.block_size {sequence_length}"
+            )
         self.save_hyperparameters()
         if position not in ("learned", "rope"):
             raise ValueError(f"--model.position must be learned or rope, got {position!r}")
@@ -140,15 +148,6 @@ class GPT(L.LightningModule):
             self.transformer.compile()  # in place: the state_dict keys stay those of the plain model
         self.val_nll = torchmetrics.MeanMetric()
         self.test_nll = torchmetrics.MeanMetric()
-
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        data_block = getattr(getattr(datamodule, "hparams", {}), "block_size", None)
-        if data_block is not None and data_block > self.hparams.block_size:
-            raise ValueError(
-                f"--data.block_size {data_block} is larger than the model's context {self.hparams.block_size}; "
-                f"pass --data.block_size {self.hparams.block_size} or less, or --model.block_size {data_block}"
-            )
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Next-character logits (B, T, vocab) at every position of idx (B, T)."""
