@@ -105,16 +105,20 @@ def write_text(root: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def data_root(tmp_path: Path) -> Path:
-    """A data root holding every dataset in its real format."""
-    root = tmp_path / "data"
+def write_all_datasets(root: Path) -> Path:
+    """Every dataset, each in its real format, under `root`."""
     write_mnist(root, "MNIST", seed=0)
     write_mnist(root, "FashionMNIST", seed=1)
     write_cifar10(root)
     write_celeba(root)
     write_text(root)
     return root
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """A data root holding every dataset in its real format."""
+    return write_all_datasets(tmp_path / "data")
 
 
 @pytest.fixture
@@ -205,16 +209,6 @@ def fit_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 # --- Fixtures shared by a module's tests (tests/test_checkpoints.py) ------------------------------------------------
-def write_all_datasets(root: Path) -> Path:
-    """Every dataset of `data_root`, in its real format, under `root`."""
-    write_mnist(root, "MNIST", seed=0)
-    write_mnist(root, "FashionMNIST", seed=1)
-    write_cifar10(root)
-    write_celeba(root)
-    write_text(root)
-    return root
-
-
 @pytest.fixture(scope="module")
 def module_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`data_root`, written once for all the tests of a module (for checkpoints fitted once and shared)."""
