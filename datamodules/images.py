@@ -13,6 +13,8 @@ from torchvision.transforms import v2
 from datamodules.batches import InMemoryDataModule, TensorBatches, random_crop, random_hflip
 from datamodules.sources import (
     DataError,
+    check_idx,
+    extract,
     fit_shape,
     load_digits_uint8,
     quiet_download,
@@ -61,6 +63,8 @@ class ImageDataModule(InMemoryDataModule):
                 scikit-learn digits instead (with a warning); false makes that an error.
         """
         super().__init__()
+        if batch_size < 1:
+            raise DataError(f"--data.batch_size must be at least 1 image, got {batch_size}")
         if image_size is not None and image_size < 1:
             raise DataError(f"--data.image_size must be a positive number of pixels, got {image_size}")
         if channels not in (None, 1, 3):
@@ -100,16 +104,33 @@ class ImageDataModule(InMemoryDataModule):
         """The official train or test split as uint8 (N, C, H, W) images and int64 labels."""
         raise NotImplementedError
 
+    def archives(self) -> dict[Path, Path]:
+        """Downloaded archives that unpack into the expected files, each with the folder it unpacks into."""
+        return {}
+
+    def read_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images `read` returns: the dataset's own."""
+        return (self.native_channels, self.native_size, self.native_size)
+
     # --- Lightning hooks ----------------------------------------------------------------------
     def files_present(self) -> bool:
         return all((self.folder() / name).exists() for name in self.expected_files())
 
     def prepare_data(self) -> None:
+        self.unpack()
         if not self.files_present() and self.hparams.download:
             quiet_download(self.fetch)
 
+    def unpack(self) -> None:
+        """Unpack the archives already here, so that a damaged one is reported as such, not as missing files."""
+        if not self.files_present():
+            for archive, destination in self.archives().items():
+                if archive.exists():
+                    extract(archive, destination)
+
     def load(self) -> tuple[tuple, tuple, str]:
         """(train images, labels), (test images, labels) and the name of where they came from."""
+        self.unpack()
         if self.files_present():
             return self._read_checked(train=True), self._read_checked(train=False), self.name
         if self.hparams.fallback:
@@ -140,14 +161,29 @@ class ImageDataModule(InMemoryDataModule):
     def _read_checked(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             images, labels = self.read(train)
+        except DataError:
+            raise
         except Exception as error:  # noqa: BLE001 - every reader failure means a damaged file
+            # `from None`: the scripts print the innermost error of a chain, which would be the reader's own.
             raise DataError(
                 f"{self.name} files in {self.folder()} are truncated or corrupt "
                 f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
                 "delete them and download again"
-            ) from error
+            ) from None
+        split = "training" if train else "test"
+        fix = "delete them and download again"
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
-            raise DataError(f"{self.name} files in {self.folder()} hold malformed arrays; download them again")
+            raise DataError(f"{self.name} {split} files in {self.folder()} hold malformed arrays; {fix}")
+        if tuple(images.shape[1:]) != self.read_shape():
+            raise DataError(
+                f"{self.name} {split} images in {self.folder()} are {tuple(images.shape[1:])} (C, H, W), not the "
+                f"dataset's {self.read_shape()}; {fix}"
+            )
+        if self.classes is not None and len(labels) and (labels.min() < 0 or labels.max() >= self.classes):
+            raise DataError(
+                f"{self.name} {split} labels in {self.folder()} run from {int(labels.min())} to {int(labels.max())}, outside "
+                f"the {self.classes} classes 0..{self.classes - 1}; {fix}"
+            )
         return images, labels
 
     def prepare_batch(self, batch, augment: bool):
@@ -198,7 +234,13 @@ class MNISTDataModule(ImageDataModule):
     def fetch(self) -> None:
         self.torchvision_class(self.root, download=True)
 
+    def archives(self) -> dict[Path, Path]:
+        return {self.folder() / f"{name}.gz": self.folder() for name in self.expected_files()}
+
     def read(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        prefix = "train" if train else "t10k"
+        check_idx(self.folder() / f"{prefix}-images-idx3-ubyte", ndim=3)
+        check_idx(self.folder() / f"{prefix}-labels-idx1-ubyte", ndim=1)
         data = self.torchvision_class(self.root, train=train, download=False)
         return data.data.unsqueeze(1), data.targets.long()
 
@@ -241,6 +283,9 @@ class CIFAR10DataModule(ImageDataModule):
     def fetch(self) -> None:
         datasets.CIFAR10(self.root, download=True)
 
+    def archives(self) -> dict[Path, Path]:
+        return {self.root / datasets.CIFAR10.filename: self.root}  # the tar.gz holds the folder itself
+
     def read(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         data = _CIFAR10Files(self.root, train=train, download=False)
         return torch.from_numpy(data.data).permute(0, 3, 1, 2), torch.tensor(data.targets).long()
@@ -273,6 +318,9 @@ class CelebADataModule(ImageDataModule):
 
     def fetch(self) -> None:
         datasets.CelebA(self.root, download=True)
+
+    def read_shape(self) -> tuple[int, int, int]:
+        return (self.native_channels, self.image_shape[1], self.image_shape[1])  # resized while decoding
 
     def read(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.image_shape[1]

@@ -1,8 +1,13 @@
 """Where data comes from: the root folder, the one-line data errors, and the embedded fallback."""
 
 import contextlib
+import gzip
 import io
+import math
 import os
+import shutil
+import tarfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -42,6 +47,54 @@ def warn_fallback(dataset: str, folder: Path, expected: str) -> None:
         "training on the embedded scikit-learn digits instead. "
         "Set --data.root or LIGHTNING_ZOO_DATA, or pass --data.fallback false to make this an error.",
     )
+
+
+def extract(archive: Path, destination: Path) -> None:
+    """Unpack a downloaded .gz (into the file of its name without .gz) or .tar.gz into `destination`. A .gz is
+    written to a temporary name first, so a damaged archive leaves no half file that would pass for the real one."""
+    try:
+        if archive.name.endswith(".tar.gz"):
+            with tarfile.open(archive, "r:gz") as tar:
+                tar.extractall(destination, filter="data")
+        else:
+            target = destination / archive.name.removesuffix(".gz")
+            partial = target.with_name(target.name + ".partial")
+            try:
+                with gzip.open(archive, "rb") as source, open(partial, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
+                partial.replace(target)
+            finally:
+                partial.unlink(missing_ok=True)
+    except (gzip.BadGzipFile, EOFError, zlib.error, tarfile.TarError) as error:
+        raise DataError(
+            f"archive {archive} is truncated or corrupt ({type(error).__name__}: {error}); delete it and download again"
+        ) from None
+    except OSError as error:
+        raise DataError(
+            f"cannot unpack {archive} into {destination} ({error.strerror}); make the folder writable, or unpack the "
+            "archive elsewhere and pass --data.root DIR"
+        ) from None
+
+
+def check_idx(path: Path, ndim: int) -> None:
+    """Check an idx file of bytes (the MNIST format): its magic (0, 0, 0x08 = ubyte, ndim), then ndim big-endian
+    uint32 sizes, then exactly their product of bytes. torchvision's reader fails on these with its own words."""
+    size, header = path.stat().st_size, 4 + 4 * ndim
+    fix = "delete it and download again"
+    with open(path, "rb") as file:
+        head = file.read(header)
+    if len(head) < header:
+        raise DataError(f"{path} is truncated or corrupt: its header is cut short ({size} of {header} bytes); {fix}")
+    if head[:4] != bytes([0, 0, 0x08, ndim]):
+        raise DataError(
+            f"{path} is not an idx file of {ndim}-d bytes (magic {head[:4].hex()}, not 00000800{ndim:02x}); {fix}"
+        )
+    shape = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    if size - header != math.prod(shape):
+        raise DataError(
+            f"{path} is truncated or corrupt: its header announces {shape} = {math.prod(shape)} bytes of data, "
+            f"it holds {size - header}; {fix}"
+        )
 
 
 def load_digits_uint8() -> tuple[torch.Tensor, torch.Tensor]:

@@ -77,6 +77,8 @@ class TextDataModule(InMemoryDataModule):
                 (with a warning); false makes that an error. A `path` given explicitly never falls back.
         """
         super().__init__()
+        if batch_size < 1:
+            raise DataError(f"--data.batch_size must be at least 1 window, got {batch_size}")
         if block_size < 1:
             raise DataError(f"--data.block_size must be at least 1, got {block_size}")
         if not 0.0 < val_fraction < 1.0:

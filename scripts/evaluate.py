@@ -24,6 +24,7 @@ import sys
 import lightning as L
 import numpy as np
 import torch
+from argument_types import device, output_file, positive_float, positive_int
 from lightning.pytorch.callbacks import LambdaCallback
 from PIL import Image
 
@@ -44,15 +45,21 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="a .ckpt file written by scripts/fit.py")
     parser.add_argument("--data.root", dest="data_root", help="where the data is now (default: as trained)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default cpu)")
-    parser.add_argument("--video", metavar="PATH.gif", help="also save one episode as an animated GIF")
-    parser.add_argument("--fps", type=float, default=50.0, help="frames per second of the GIF (default 50)")
+    parser.add_argument(
+        "--device", type=device, choices=["cpu", "cuda"], default="cpu", help="where to run (default cpu)"
+    )
+    parser.add_argument(
+        "--video", type=output_file, metavar="PATH.gif", help="also save one episode as an animated GIF"
+    )
+    parser.add_argument("--fps", type=positive_float, default=50.0, help="frames per second of the GIF (default 50)")
     model = parser.add_argument_group("model options (passed to the model's evaluate when given)")
-    model.add_argument("--episodes", type=int, help="episodes to play (PPO; default 20)")
+    model.add_argument("--episodes", type=positive_int, help="episodes to play (PPO; default 20)")
     model.add_argument("--seed", type=int, help="seed of the evaluation (default: the model's own)")
     model.add_argument("--fid_classifier", help="classifier checkpoint whose features the FID uses (DDPM)")
     model.add_argument("--samplers", help="comma-separated samplers to score, e.g. ddpm,ddim50,ddim20 (DDPM)")
-    model.add_argument("--samples", type=int, help="samples drawn per sampler for the FID (DDPM; default 1000)")
+    model.add_argument(
+        "--samples", type=positive_int, help="samples drawn per sampler for the FID (DDPM; default 1000)"
+    )
     return parser.parse_args(argv)
 
 

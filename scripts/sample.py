@@ -21,6 +21,7 @@ import math
 import sys
 
 import torch
+from argument_types import device, output_file, positive_int
 from torchvision.utils import save_image
 
 from lightning_modules.checkpoint import load_datamodule, load_model, read_checkpoint
@@ -28,29 +29,41 @@ from lightning_modules.masks import MASKS
 from lightning_modules.protocols import Encodes, GeneratesText, Inpaints, Samples, missing, require
 from one_line_errors import BAD_INPUT, report
 
+DEFAULT_OUT = "samples.png"
+
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="a .ckpt file written by scripts/fit.py")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:1, ...")
     text = parser.add_argument_group("text models (generate)")
     text.add_argument("--prompt", default="\n", help="the text to continue (default: a new line)")
-    text.add_argument("--max_new_tokens", type=int, default=500, help="characters to generate")
+    text.add_argument("--max_new_tokens", type=positive_int, default=500, help="characters to generate")
     text.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 is greedy")
-    text.add_argument("--top_k", type=int, default=None, help="sample among the k likeliest tokens only")
-    text.add_argument("--num_samples", type=int, default=1, help="independent continuations to print")
+    text.add_argument("--top_k", type=positive_int, default=None, help="sample among the k likeliest tokens only")
+    text.add_argument("--num_samples", type=positive_int, default=1, help="independent continuations to print")
     images = parser.add_argument_group("image models (sample)")
-    images.add_argument("--n", type=int, default=64, help="images to draw")
-    images.add_argument("--out", default="samples.png", help="PNG file for the grid")
+    images.add_argument("--n", type=positive_int, default=64, help="images to draw")
+    images.add_argument("--out", type=output_file, help=f"PNG file for the grid (default {DEFAULT_OUT})")
     images.add_argument("--sampler", help="diffusion sampler: ddpm (all T steps) or ddim")
-    images.add_argument("--steps", type=int, help="diffusion sampling, inpainting or inversion steps")
+    images.add_argument("--steps", type=positive_int, help="diffusion sampling, inpainting or inversion steps")
     images.add_argument("--eta", type=float, help="DDIM stochasticity: 0 deterministic, 1 ancestral")
     images.add_argument("--inpaint", choices=sorted(MASKS), help="complete test images hidden by this mask")
-    images.add_argument("--resample", type=int, default=1, help="RePaint resampling rounds per inpainting step")
+    images.add_argument(
+        "--resample", type=positive_int, default=1, help="RePaint resampling rounds per inpainting step"
+    )
     images.add_argument("--invert", action="store_true", help="invert test images to noise and regenerate them")
     images.add_argument("--data.root", dest="data_root", help="where the test images are (default: as trained)")
     return parser.parse_args(argv)
+
+
+def default_output() -> str:
+    """DEFAULT_OUT, checked as a given --out is, but only by the image paths: text sampling writes no file."""
+    try:
+        return output_file(DEFAULT_OUT)
+    except argparse.ArgumentTypeError as error:
+        raise ValueError(f"--out: {error} (the default --out)") from None
 
 
 def checkpoint_vocab(path: str) -> str:
@@ -146,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
                 flag = "--inpaint" if options.inpaint else "--invert"
                 raise ValueError(f"{type(model).__name__} generates text: {flag} is for image models; drop it")
             print(sample_text(model, options))
-        elif options.n < 1:
-            raise ValueError(f"--n must be at least 1, got {options.n}")
-        elif options.inpaint:
+            return 0
+        options.out = options.out or default_output()
+        if options.inpaint:
             print(inpaint_images(model, options))
         elif options.invert:
             print(invert_images(model, options))

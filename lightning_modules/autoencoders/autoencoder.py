@@ -8,6 +8,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import PositiveInt
 from torchmetrics import MeanSquaredError
 from torchmetrics.image import PeakSignalNoiseRatio
 
@@ -59,7 +60,7 @@ class Autoencoder(L.LightningModule):
         network: Literal["mlp", "conv"] = "mlp",
         hidden_dims: Sequence[int] = (128, 64, 12),
         conv_channels: Sequence[int] = (32, 64),
-        latent_dim: int = 3,
+        latent_dim: PositiveInt = 3,
         loss: Literal["mse", "bce"] = "mse",
         activation: str = "relu",
         lr: float = 1e-3,
@@ -134,7 +135,7 @@ class DenoisingAutoencoder(Autoencoder):
         network: Literal["mlp", "conv"] = "conv",
         hidden_dims: Sequence[int] = (128, 64, 12),
         conv_channels: Sequence[int] = (32, 64),
-        latent_dim: int = 32,
+        latent_dim: PositiveInt = 32,
         loss: Literal["mse", "bce"] = "mse",
         corruption: Literal["gaussian", "salt_and_pepper", "mask"] = "gaussian",
         noise_level: float = 0.5,

@@ -9,6 +9,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import PositiveInt
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -68,8 +69,8 @@ class VAE(L.LightningModule):
         self,
         image_shape: tuple[int, int, int] | None = (1, 28, 28),
         network: Literal["mlp", "conv"] = "mlp",
-        hidden_dim: int = 400,
-        latent_dim: int = 20,
+        hidden_dim: PositiveInt = 400,
+        latent_dim: PositiveInt = 20,
         conv_channels: Sequence[int] = (32, 64),
         decoder: Literal["bernoulli", "gaussian"] = "bernoulli",
         activation: str = "relu",

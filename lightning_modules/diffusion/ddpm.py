@@ -9,6 +9,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from jsonargparse.typing import PositiveInt
 from torch import nn
 
 from lightning_modules.blocks.mlp_denoiser import MLPDenoiser
@@ -60,15 +61,15 @@ class DDPM(L.LightningModule):
         num_classes: int | None = None,
         class_conditional: bool = False,
         schedule: Literal["linear", "cosine"] = "linear",
-        timesteps: int = 1000,
+        timesteps: PositiveInt = 1000,
         prediction: Literal["eps", "v"] = "eps",
         lr: float = 2e-4,
         warmup_steps: int = 0,
         sampler: Literal["ddpm", "ddim"] = "ddim",
-        sample_steps: int = 50,
+        sample_steps: PositiveInt = 50,
         eta: float = 0.0,
         clip_denoised: bool = True,
-        inversion_steps: int = 100,
+        inversion_steps: PositiveInt = 100,
         inversion_refine: int = 1,
         compile: bool = False,
     ) -> None:

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
+from jsonargparse.typing import PositiveInt
 from torch import nn
 
 from lightning_modules.blocks.transformer import KVCache, TransformerBlock, rotary_angles
@@ -89,10 +90,10 @@ class GPT(L.LightningModule):
     def __init__(
         self,
         vocab_size: int | None = None,
-        block_size: int = 256,
-        n_layer: int = 6,
-        n_head: int = 6,
-        n_embd: int = 384,
+        block_size: PositiveInt = 256,
+        n_layer: PositiveInt = 6,
+        n_head: PositiveInt = 6,
+        n_embd: PositiveInt = 384,
         dropout: float = 0.2,
         bias: bool = False,
         lr: float = 1e-3,

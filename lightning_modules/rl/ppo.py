@@ -9,6 +9,7 @@ import gymnasium as gym
 import lightning as L
 import numpy as np
 import torch
+from jsonargparse.typing import PositiveInt
 from torch import Tensor
 
 from lightning_modules.rl.actor_critic import ActorCritic
@@ -83,6 +84,13 @@ class Rollout:
     returns: Tensor
 
 
+def refuse_dataset(batch) -> None:
+    """PPO collects its own data: its batches are the environment DataModule's ticks (one tensor), never a
+    dataset's (tuples of tensors), which it would otherwise ignore while training for their number of batches."""
+    if not isinstance(batch, Tensor):
+        raise ValueError("ppo plays its Gymnasium environment and takes no dataset: use --data gym (or drop --data)")
+
+
 class PPO(L.LightningModule):
     """PPO-clip with an MLP actor-critic: categorical policy for discrete actions, diagonal Gaussian for boxes."""
 
@@ -92,11 +100,11 @@ class PPO(L.LightningModule):
     def __init__(
         self,
         env_id: str = "CartPole-v1",
-        num_envs: int = 4,
-        num_steps: int = 128,
-        total_env_steps: int = 500_000,
-        update_epochs: int = 4,
-        num_minibatches: int = 4,
+        num_envs: PositiveInt = 4,
+        num_steps: PositiveInt = 128,
+        total_env_steps: PositiveInt = 500_000,
+        update_epochs: PositiveInt = 4,
+        num_minibatches: PositiveInt = 4,
         lr: float = 2.5e-4,
         anneal_lr: bool = True,
         gamma: float = 0.99,
@@ -107,7 +115,7 @@ class PPO(L.LightningModule):
         ent_coef: float = 0.01,
         vf_coef: float = 0.5,
         max_grad_norm: float = 0.5,
-        hidden_dim: int = 64,
+        hidden_dim: PositiveInt = 64,
         shared_trunk: bool = False,
     ) -> None:
         """
@@ -273,6 +281,7 @@ class PPO(L.LightningModule):
     def training_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor | np.ndarray]:
         """One rollout and the updates on it. Returns the loss (for the run's non-finite-loss check) and the
         finished episodes' returns and end steps (for callbacks such as SolvedAt: the PlaysEpisodes contract)."""
+        refuse_dataset(batch)
         rollout, (episode_returns, episode_lengths, episode_env_steps) = self.collect_rollout()
         stats = self.learn(rollout)
         if self.hparams.anneal_lr:
@@ -348,6 +357,7 @@ class PPO(L.LightningModule):
         return frames
 
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        refuse_dataset(batch)
         returns = torch.as_tensor(self.greedy_returns(batch.tolist()))
         metrics = {"test/mean_return": returns.mean(), "test/std_return": returns.std(correction=0)}
         self.log_dict(metrics, batch_size=len(batch))
