@@ -1,10 +1,12 @@
 """In-memory tensors served a batch at a time: no per-sample Python in the loading hot path."""
 
+import warnings
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 Split = Literal["train", "val", "test"]
@@ -37,20 +39,29 @@ def keep_batch(batch):
 
 class EpochShuffle(RandomSampler):
     """A RandomSampler whose order depends only on (seed, epoch): Lightning calls `set_epoch`, so a run
-    resumed from a checkpoint sees exactly the batches an uninterrupted run would. Under DDP Lightning
-    swaps it for a DistributedSampler, which seeds the same way."""
+    resumed from a checkpoint sees exactly the batches an uninterrupted run would. `resume_at(epoch, position)`
+    makes the next pass start `position` examples into that epoch's order, for a run resumed mid-epoch. Under
+    DDP Lightning swaps it for a DistributedSampler, which seeds the same way."""
 
     def __init__(self, data_source: Dataset, seed: int = 0) -> None:
         super().__init__(data_source)
         self.seed = seed
         self.epoch = 0
+        self._start = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def resume_at(self, epoch: int, position: int) -> None:
+        """Start the next pass at example `position` of epoch `epoch`'s order (the examples before it were
+        trained on before the checkpoint). Lightning may open the pass before it calls `set_epoch`, so the
+        epoch is set here too."""
+        self.epoch, self._start = epoch, position
+
     def __iter__(self):
+        start, self._start = self._start, 0  # one pass only: the next epoch starts at its beginning
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+        yield from torch.randperm(len(self.data_source), generator=generator)[start:].tolist()
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, train: bool, seed: int = 0) -> DataLoader:
@@ -72,10 +83,15 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, train: bool
 class InMemoryDataModule(L.LightningDataModule):
     """Base of the DataModules whose splits are in-memory datasets, set by `setup` as `train_set`, `val_set`
     and `test_set` (a module without a test split serves its validation split as the test one). It owns the
-    loaders and `batch`, the one way for anything outside the training loop to get data as a step sees it."""
+    loaders and `batch`, the one way for anything outside the training loop to get data as a step sees it.
+    Its `state_dict` records the place in the training order (epoch, examples done), so a run resumed from a
+    checkpoint written mid-epoch goes on with the next batch of that epoch; a subclass that keeps state of its
+    own extends both `state_dict` and `load_state_dict`."""
 
     batch_size: int
     num_workers: int = 0
+    shuffle_seed: int = 0  # the seed of the training order; fit.py's --seed sets it
+    _resume_order: dict[str, int] | None = None
     train_set: Dataset | None = None
     val_set: Dataset | None = None
     test_set: Dataset | None = None
@@ -90,10 +106,39 @@ class InMemoryDataModule(L.LightningDataModule):
         return chosen if chosen is not None else self.val_set
 
     def loader(self, split: Split, shuffle: bool) -> DataLoader:
-        return make_loader(self.dataset(split), self.batch_size, self.num_workers, train=shuffle)
+        return make_loader(
+            self.dataset(split), self.batch_size, self.num_workers, train=shuffle, seed=self.shuffle_seed
+        )
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader("train", shuffle=True)
+        loader = self.loader("train", shuffle=True)
+        if self._resume_order is not None:
+            loader.sampler.resume_at(**self._resume_order)
+            self._resume_order = None
+        return loader
+
+    def training_order(self) -> dict[str, int] | None:
+        """Where training is in its order: the epoch and the number of its examples already trained on.
+        Lightning counts a batch as processed once its step has run, which is what a checkpoint holds; the
+        loader itself runs a batch ahead (Lightning prefetches one), so its own count would skip a batch."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return None
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:  # a checkpoint at the end of an epoch: the next one starts
+            return {"epoch": trainer.current_epoch + 1, "position": 0}
+        return {"epoch": trainer.current_epoch, "position": done * self.batch_size}
+
+    def state_dict(self) -> dict[str, Any]:
+        order = self.training_order()
+        return {} if order is None else {"training_order": order}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_order = state_dict.get("training_order")
+        if self._resume_order is not None:
+            # Lightning warns that a mid-epoch resume replays the epoch unless the loader saves its state;
+            # here the DataModule carries that state (it is restored before any loader is built).
+            warnings.filterwarnings("ignore", ".*ended before the epoch ended and your dataloader is not resumable")
 
     def val_dataloader(self) -> DataLoader:
         return self.loader("val", shuffle=False)

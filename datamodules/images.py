@@ -46,6 +46,7 @@ class ImageDataModule(InMemoryDataModule):
         crop_padding: int = 0,
         download: bool = True,
         fallback: bool = True,
+        shuffle_seed: int = 0,
     ) -> None:
         """
         Args:
@@ -61,6 +62,8 @@ class ImageDataModule(InMemoryDataModule):
             download: fetch missing files with torchvision.
             fallback: when the files are missing and cannot be downloaded, train on the embedded
                 scikit-learn digits instead (with a warning); false makes that an error.
+            shuffle_seed: the seed of the training order (fit.py's --seed sets it); the order of epoch e is
+                drawn from shuffle_seed + e.
         """
         super().__init__()
         if batch_size < 1:
@@ -75,6 +78,7 @@ class ImageDataModule(InMemoryDataModule):
         self.root = resolve_root(root)
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.shuffle_seed = shuffle_seed
         self.data_source: str | None = None
         self.train_set = self.val_set = self.test_set = None
 

@@ -63,6 +63,7 @@ class TextDataModule(InMemoryDataModule):
         num_workers: int = 0,
         val_fraction: float = 0.1,
         fallback: bool = True,
+        shuffle_seed: int = 0,
     ) -> None:
         """
         Args:
@@ -75,6 +76,8 @@ class TextDataModule(InMemoryDataModule):
             val_fraction: the share at the end of the file used for validation and test.
             fallback: when the default file is missing, train on the Python standard library's source
                 (with a warning); false makes that an error. A `path` given explicitly never falls back.
+            shuffle_seed: the seed of the training order (fit.py's --seed sets it); the order of epoch e is
+                drawn from shuffle_seed + e.
         """
         super().__init__()
         if batch_size < 1:
@@ -84,7 +87,7 @@ class TextDataModule(InMemoryDataModule):
         if not 0.0 < val_fraction < 1.0:
             raise DataError(f"--data.val_fraction must be in (0, 1), got {val_fraction}")
         self.save_hyperparameters()
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers, self.shuffle_seed = batch_size, num_workers, shuffle_seed
         self._text: str | None = None
         self._vocab: str | None = None
         self.data_source: str | None = None
@@ -172,9 +175,10 @@ class TextDataModule(InMemoryDataModule):
         self.save_hyperparameters({**self.hparams, "data_source": self.data_source})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"vocab": self.vocab}
+        return {**super().state_dict(), "vocab": self.vocab}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
         if state_dict["vocab"] != self.vocab:
             raise DataError(
                 "the checkpoint was trained on a text with another vocabulary; resume with the same --data.path"

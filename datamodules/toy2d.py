@@ -61,6 +61,7 @@ class Toy2DDataModule(InMemoryDataModule):
         batch_size: int = 256,
         num_workers: int = 0,
         seed: int = 0,
+        shuffle_seed: int = 0,
     ) -> None:
         """
         Args:
@@ -72,10 +73,12 @@ class Toy2DDataModule(InMemoryDataModule):
             batch_size: points per batch.
             num_workers: DataLoader worker processes.
             seed: seed of the generated sets (the test set uses seed + 2).
+            shuffle_seed: the seed of the training order (fit.py's --seed sets it); the order of epoch e is
+                drawn from shuffle_seed + e.
         """
         super().__init__()
         self.save_hyperparameters()
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers, self.shuffle_seed = batch_size, num_workers, shuffle_seed
         self.train_set = self.val_set = self.test_set = None
 
     def setup(self, stage: str | None = None) -> None:

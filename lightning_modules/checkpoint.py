@@ -21,9 +21,56 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; pass the .ckpt file written by scripts/fit.py")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means a damaged or foreign file
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(error).__name__}); is it truncated?") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read: {why_unreadable(path, error)}") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict); pass a .ckpt file from fit.py")
+    return checkpoint
+
+
+def why_unreadable(path: Path, error: Exception) -> str:
+    """torch.save writes a zip archive: one whose start is a zip's but whose end is missing was cut short."""
+    with path.open("rb") as file:
+        is_zip = file.read(4) == b"PK\x03\x04"
+    if is_zip:
+        return f"it is truncated or damaged ({type(error).__name__}); copy it again or use an earlier checkpoint"
+    return "it is not a checkpoint (not a file written by torch.save); pass the .ckpt file written by scripts/fit.py"
+
+
+def class_path_of(model: L.LightningModule) -> str:
+    cls = type(model)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def check_compatible(
+    path: str | Path, model: L.LightningModule, datamodule: L.LightningDataModule | None = None
+) -> None:
+    """Raise a CheckpointError naming `path` unless training can resume from it into `model` (and
+    `datamodule`): the same model class, the same vocabulary, the same hyper-parameters."""
+    checkpoint = read_checkpoint(path)
+    saved = dict(checkpoint.get("hyper_parameters", {}))
+    saved_class = saved.pop("_class_path", None)
+    if saved_class is not None and saved_class != class_path_of(model):
+        raise CheckpointError(
+            f"checkpoint {path} holds a {saved_class}, not the {class_path_of(model)} being trained; "
+            "pass a checkpoint of this model, or the --model it was trained as"
+        )
+    vocab = getattr(datamodule, "vocab", None)
+    saved_vocab = checkpoint.get(type(datamodule).__qualname__, {}).get("vocab") if datamodule is not None else None
+    if isinstance(vocab, str) and isinstance(saved_vocab, str) and vocab != saved_vocab:
+        raise CheckpointError(
+            f"checkpoint {path} was trained on a text with another vocabulary ({len(saved_vocab)} characters, "
+            f"this one has {len(vocab)}); resume with the same --data.path"
+        )
+    current = {k: v for k, v in model.hparams.items() if k != "_class_path"}
+    differing = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if differing:
+        changes = ", ".join(f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in differing)
+        raise CheckpointError(
+            f"checkpoint {path} was trained with other hyper-parameters ({changes}); "
+            "resume with the flags of that run, or start a new one without --ckpt_path"
+        )
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> L.LightningModule:

@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks import FiniteLossCheck, RestoreRNGState
 from datamodules import DATAMODULES
+from lightning_modules.checkpoint import check_compatible
 from lightning_modules.registry import config_path, model_names
 from one_line_errors import BAD_INPUT, debugging, print_error, report
 
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         model_name, args = translate(argv)
         cli = ZooCLI(model_name, args)
         ckpt_path = resolve_ckpt_path(cli.config.ckpt_path, cli.trainer)
+        if ckpt_path is not None:
+            check_compatible(ckpt_path, cli.model, cli.datamodule)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
         results = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     except BAD_INPUT as error:
