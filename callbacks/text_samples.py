@@ -8,9 +8,10 @@ from lightning_modules.protocols import GeneratesText, require
 
 
 class TextSamples(L.Callback):
-    """Every `every_n_steps` optimiser steps, continue `prompt` with the model's `generate` and log the texts
-    under `samples` in TensorBoard. Sampling draws from its own generator, so it does not change the
-    training run's random numbers; without a TensorBoard logger (benchmarks, smoke tests) it does nothing."""
+    """Every `every_n_steps` optimiser steps and at the end of training (however short), continue `prompt`
+    with the model's `generate` and log the texts under `samples` in TensorBoard. Sampling draws from its own
+    generator, so it does not change the training run's random numbers; without a TensorBoard logger
+    (benchmarks, smoke tests) it does nothing."""
 
     def __init__(
         self,
@@ -41,8 +42,18 @@ class TextSamples(L.Callback):
         require(pl_module, GeneratesText, "TextSamples")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
+        if trainer.global_step % self.every_n_steps == 0:
+            self.log_samples(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # However short the run, it ends with samples (unless the last step already wrote them).
+        if trainer.global_step % self.every_n_steps:
+            self.log_samples(trainer, pl_module)
+
+    def log_samples(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log `num_samples` continuations of the prompt under `samples` at the current global step."""
         step = trainer.global_step
-        if step % self.every_n_steps or not trainer.is_global_zero or not isinstance(trainer.logger, TensorBoardLogger):
+        if not trainer.is_global_zero or not isinstance(trainer.logger, TensorBoardLogger):
             return
         datamodule = trainer.datamodule
         prompt = datamodule.encode(self.prompt).to(pl_module.device).expand(self.num_samples, -1)

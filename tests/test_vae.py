@@ -160,8 +160,8 @@ def test_activation_flag_sets_every_nonlinearity(network):
 
 
 def test_conv_gaussian_vae_through_fit_writes_the_callback_images(data_root, tmp_path, fit_in_process):
-    """One short real epoch through fit.py's main with configs/vae.yaml's callbacks: the grids and the
-    embedding plot land in the run folder and TensorBoard."""
+    """One short real epoch through fit.py's main with configs/vae.yaml's callbacks: the grids (prior samples
+    included) and the embedding plot land in the run folder and TensorBoard."""
     result = fit_in_process(
         "--model", "vae", "--data.root", str(data_root), "--model.network", "conv", "--model.decoder", "gaussian",
         "--model.kl_warmup_steps", "5", "--model.iwae_samples", "20", "--model.iwae_test_images", "10",
@@ -173,7 +173,8 @@ def test_conv_gaussian_vae_through_fit_writes_the_callback_images(data_root, tmp
     run = tmp_path / "runs" / "vae" / "version_0"
     pngs = {p.relative_to(run).as_posix() for p in run.glob("*/*.png")}
     walks = {f"latent_walk/{name}_epoch000.png" for name in ("lerp", "slerp", "random_walk")}
-    assert pngs == {"reconstructions/grid_epoch000.png", "latent_embedding/test.png"} | walks
+    grids = {"reconstructions/grid_epoch000.png", "samples/grid_epoch000.png", "latent_embedding/test.png"}
+    assert pngs == grids | walks
     assert list(run.glob("events.out.tfevents.*"))
 
 
