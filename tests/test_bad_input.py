@@ -207,7 +207,6 @@ def test_device_that_is_no_device(script_in_process, lenet_checkpoint):
 
 
 @NO_GPU
-@pytest.mark.xfail(strict=True, reason="fit.py lets Lightning's MisconfigurationException through as a traceback")
 def test_fit_accelerator_gpu_without_a_gpu(fit_in_process, empty_root):
     line = last_line_error(
         fit_in_process("--model", "lenet5", *FAST, "--trainer.accelerator", "gpu", "--data.root", str(empty_root))

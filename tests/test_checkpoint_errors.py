@@ -78,7 +78,9 @@ RUN = ("--model", "lenet5", "--data", "digits", "--trainer.max_steps", "1", "--t
 def test_fit_resumes_into_another_configuration_with_one_line(fit_in_process, tmp_path):
     first = fit_in_process(*RUN)
     assert first.returncode == 0, first.stderr[-3000:]
-    resumed = fit_in_process(*RUN, "--model.lr", "0.5", "--ckpt_path", "last")
+    # The checkpoint file given explicitly (`--ckpt_path last` refuses earlier: no run of this configuration).
+    ckpt = "runs/lenet5/version_0/checkpoints/last.ckpt"
+    resumed = fit_in_process(*RUN, "--model.lr", "0.5", "--ckpt_path", ckpt)
     assert resumed.returncode == 2
     last_line = resumed.stderr.strip().splitlines()[-1]
     assert last_line.startswith("fit.py: error: checkpoint runs/lenet5/version_0/checkpoints/last.ckpt was trained")

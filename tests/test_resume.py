@@ -81,7 +81,8 @@ def test_killed_and_resumed_ends_where_an_uninterrupted_run_ends(
     resumed = fit_in_process(*RUN, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint path at runs/vae/version_0/checkpoints/last.ckpt" in resumed.stderr
-    got, resumed_epoch, resumed_step = final_state(tmp_path / "runs" / "vae" / "version_1")
+    # The resumed run logs on into the version it resumes.
+    got, resumed_epoch, resumed_step = final_state(tmp_path / "runs" / "vae" / "version_0")
     assert (resumed_epoch, resumed_step) == (epoch, step)
     for name, value in want.items():  # the same float operations in the same order: equal to the last bit
         torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
@@ -115,7 +116,7 @@ def test_a_gpt_killed_between_its_checkpoints_resumes_exactly(tmp_path_factory, 
     with_callbacks(monkeypatch)
     resumed = fit_in_process_at(runs["killed"], *GPT_RUN, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    got, _, resumed_step = final_state(runs["killed"] / "runs" / "gpt" / "version_1")
+    got, _, resumed_step = final_state(runs["killed"] / "runs" / "gpt" / "version_0")
     assert resumed_step == step
     for name, value in want.items():  # the same float operations in the same order: equal to the last bit
         torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
