@@ -144,7 +144,9 @@ class GPT(L.LightningModule):
             raise ValueError(
                 f"--model.position rope needs an even head width, got n_embd / n_head = {n_embd // n_head}"
             )
-        self.transformer = Transformer(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias, position)
+        # Plain ints: the parser's PositiveInt values are an int subclass that torch.compile cannot trace.
+        sizes = [int(v) for v in (vocab_size, block_size, n_layer, n_head, n_embd)]
+        self.transformer = Transformer(*sizes, dropout, bias, position)
         if compile:
             self.transformer.compile()  # in place: the state_dict keys stay those of the plain model
         self.val_nll = torchmetrics.MeanMetric()
