@@ -7,7 +7,6 @@ No model may use one of these method names for anything else (an internal helper
 `sample` would be mistaken for the contract); tests/test_protocols.py checks every registered model.
 """
 
-from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
@@ -149,8 +148,3 @@ def require(model: Any, protocol: type, purpose: str) -> None:
             f"{type(model).__name__} cannot be used for {purpose}: it has no {methods} "
             f"(the {protocol.__name__} contract, lightning_modules/protocols.py)"
         )
-
-
-def satisfied(model: Any, protocols: Sequence[type] = CONTRACTS) -> list[str]:
-    """The names of the contracts `model` fulfils."""
-    return [p.__name__ for p in protocols if not missing(model, p)]

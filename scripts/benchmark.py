@@ -47,7 +47,7 @@ from lightning.pytorch.loggers import Logger
 from callbacks import SolvedAt
 from fit import ZooCLI, translate
 from lightning_modules.protocols import Benchmarked, CountsThroughput
-from one_line_errors import BAD_INPUT, report
+from zoo.errors import BAD_INPUT, report
 
 
 class LastMetrics(Logger):

@@ -30,7 +30,7 @@ from PIL import Image
 
 from lightning_modules.checkpoint import load_datamodule, load_model
 from lightning_modules.protocols import Evaluates, Renders, require
-from one_line_errors import BAD_INPUT, report
+from zoo.errors import BAD_INPUT, report
 
 TEST_SEED = 0  # the test loop runs seeded: a metric that draws (a VAE's sampled -ELBO) is reproducible
 MODEL_OPTIONS = ("episodes", "seed", "fid_classifier", "samplers", "samples")  # passed to evaluate() when given

@@ -13,7 +13,7 @@ import sys
 
 from datamodules import DATAMODULES, ImageDataModule
 from lightning_modules.metrics import ClassifierFID, fid_floor
-from one_line_errors import BAD_INPUT, report
+from zoo.errors import BAD_INPUT, report
 
 # The image datasets read from files (not the embedded digits, which have no test set of their own).
 IMAGE_DATA = [

@@ -27,7 +27,7 @@ from torchvision.utils import save_image
 from lightning_modules.checkpoint import load_datamodule, load_model, read_checkpoint
 from lightning_modules.masks import MASKS
 from lightning_modules.protocols import Encodes, GeneratesText, Inpaints, Samples, missing, require
-from one_line_errors import BAD_INPUT, report
+from zoo.errors import BAD_INPUT, report
 
 DEFAULT_OUT = "samples.png"
 

@@ -105,6 +105,15 @@ def write_text(root: Path) -> Path:
     return path
 
 
+def one_error_line(result) -> str:
+    """The error of a failed run: one line on stderr with a non-zero exit, not a traceback."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr[-3000:]
+    return errors[0]
+
+
 def write_all_datasets(root: Path) -> Path:
     """Every dataset, each in its real format, under `root`."""
     write_mnist(root, "MNIST", seed=0)

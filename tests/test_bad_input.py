@@ -10,10 +10,10 @@ import argument_types
 import numpy as np
 import pytest
 import torch
-from test_fit import FAST, last_line_error
+from test_fit import FAST
 
 import datamodules.sources as sources
-from conftest import N_TRAIN, write_cifar10, write_idx, write_mnist
+from conftest import N_TRAIN, one_error_line, write_cifar10, write_idx, write_mnist
 from datamodules import CIFAR10DataModule, DataError, MNISTDataModule
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
@@ -71,7 +71,7 @@ def test_a_header_cut_short_is_named_as_such(tmp_path, kept, fit_in_process):
     with pytest.raises(DataError, match=rf"train-images-idx3-ubyte is truncated .* header is cut short \({kept} of 16"):
         mnist(tmp_path / "data")
     # Through the script: the project's line, not the reader's own low-level message.
-    line = last_line_error(fit_in_process("--model", "lenet5", *FAST, "--data.root", str(tmp_path / "data")))
+    line = one_error_line(fit_in_process("--model", "lenet5", *FAST, "--data.root", str(tmp_path / "data")))
     assert f"header is cut short ({kept} of 16 bytes); delete it and download again" in line
 
 
@@ -147,7 +147,7 @@ def test_archives_in_a_folder_that_cannot_be_written(tmp_path, monkeypatch):
     ],
 )
 def test_fit_refuses_counts_below_one(fit_in_process, empty_root, args, flag):
-    line = last_line_error(fit_in_process(*args, *FAST, "--data.root", str(empty_root)))
+    line = one_error_line(fit_in_process(*args, *FAST, "--data.root", str(empty_root)))
     assert line.startswith(f"fit.py: error: {flag}"), line
 
 
@@ -156,26 +156,26 @@ def test_fit_refuses_counts_below_one(fit_in_process, empty_root, args, flag):
     [("--top_k", "0"), ("--steps", "0"), ("--max_new_tokens", "-5"), ("--n", "0"), ("--num_samples", "0")],
 )
 def test_sample_refuses_counts_below_one(script_in_process, lenet_checkpoint, flag, value):
-    line = last_line_error(script_in_process("sample", "--ckpt", str(lenet_checkpoint), flag, value))
+    line = one_error_line(script_in_process("sample", "--ckpt", str(lenet_checkpoint), flag, value))
     assert f"argument {flag}: must be a whole number of at least 1, got {value}" in line
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--episodes", "0"), ("--samples", "-1"), ("--fps", "0")])
 def test_evaluate_refuses_counts_below_one(script_in_process, lenet_checkpoint, flag, value):
-    line = last_line_error(script_in_process("evaluate", "--ckpt", str(lenet_checkpoint), flag, value))
+    line = one_error_line(script_in_process("evaluate", "--ckpt", str(lenet_checkpoint), flag, value))
     assert f"argument {flag}: must be" in line and value in line
 
 
 # --- outputs that cannot be written --------------------------------------------------------------------------------
 def test_out_in_a_missing_folder(script_in_process, lenet_checkpoint, tmp_path):
     out = tmp_path / "no" / "such" / "grid.png"
-    line = last_line_error(script_in_process("sample", "--ckpt", str(lenet_checkpoint), "--out", str(out)))
+    line = one_error_line(script_in_process("sample", "--ckpt", str(lenet_checkpoint), "--out", str(out)))
     assert f"argument --out: the folder {out.parent} of {out} does not exist; create it" in line
 
 
 def test_video_in_a_missing_folder(script_in_process, lenet_checkpoint, tmp_path):
     out = tmp_path / "missing" / "run.gif"
-    line = last_line_error(script_in_process("evaluate", "--ckpt", str(lenet_checkpoint), "--video", str(out)))
+    line = one_error_line(script_in_process("evaluate", "--ckpt", str(lenet_checkpoint), "--video", str(out)))
     assert f"argument --video: the folder {out.parent} of {out} does not exist" in line
 
 
@@ -185,8 +185,8 @@ def test_read_only_working_directory(script_in_process, lenet_checkpoint, tmp_pa
     else:
         tmp_path.chmod(0o555)
     try:
-        explicit = last_line_error(script_in_process("sample", "--ckpt", str(lenet_checkpoint), "--out", "grid.png"))
-        default = last_line_error(script_in_process("sample", "--ckpt", str(lenet_checkpoint)))
+        explicit = one_error_line(script_in_process("sample", "--ckpt", str(lenet_checkpoint), "--out", "grid.png"))
+        default = one_error_line(script_in_process("sample", "--ckpt", str(lenet_checkpoint)))
     finally:
         tmp_path.chmod(0o755)
     assert f"argument --out: the folder {tmp_path.resolve()} of grid.png is not writable" in explicit
@@ -197,18 +197,18 @@ def test_read_only_working_directory(script_in_process, lenet_checkpoint, tmp_pa
 @NO_GPU
 @pytest.mark.parametrize("script", ["sample", "evaluate"])
 def test_device_cuda_without_a_gpu(script_in_process, lenet_checkpoint, script):
-    line = last_line_error(script_in_process(script, "--ckpt", str(lenet_checkpoint), "--device", "cuda"))
+    line = one_error_line(script_in_process(script, "--ckpt", str(lenet_checkpoint), "--device", "cuda"))
     assert "argument --device: cuda: this machine has no CUDA GPU that torch can use; use cpu" in line
 
 
 def test_device_that_is_no_device(script_in_process, lenet_checkpoint):
-    line = last_line_error(script_in_process("sample", "--ckpt", str(lenet_checkpoint), "--device", "gpu0"))
+    line = one_error_line(script_in_process("sample", "--ckpt", str(lenet_checkpoint), "--device", "gpu0"))
     assert "argument --device: 'gpu0' is not a device; use cpu, cuda or cuda:N" in line
 
 
 @NO_GPU
 def test_fit_accelerator_gpu_without_a_gpu(fit_in_process, empty_root):
-    line = last_line_error(
+    line = one_error_line(
         fit_in_process("--model", "lenet5", *FAST, "--trainer.accelerator", "gpu", "--data.root", str(empty_root))
     )
     assert "--trainer.accelerator" in line
@@ -226,5 +226,5 @@ def test_fit_accelerator_gpu_without_a_gpu(fit_in_process, empty_root):
 )
 def test_model_with_data_it_cannot_take(fit_in_process, empty_root, monkeypatch, model, data, message):
     monkeypatch.setenv("LIGHTNING_ZOO_DATA", str(empty_root))  # offline: the image sets fall back to the digits
-    line = last_line_error(fit_in_process("--model", model, "--data", data, *FAST))
+    line = one_error_line(fit_in_process("--model", model, "--data", data, *FAST))
     assert message in line, line

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import fit
-from conftest import REPO, script_in_process_at
+from conftest import REPO, one_error_line, script_in_process_at
 from datamodules.images import DigitsDataModule
 
 FAST = ("--trainer.fast_dev_run", "true")
@@ -24,14 +24,6 @@ SHORT = ("--model", "vae", "--data", "digits", "--model.iwae_samples", "0", "--t
 def zoo(fit_in_process, tmp_path):
     """`zoo(*args)`: the console script's main (subcommand first) in this process, from tmp_path."""
     return lambda *args: script_in_process_at("zoo.cli", tmp_path, *args)
-
-
-def one_error_line(result) -> str:
-    assert result.returncode != 0, result.stdout[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1, result.stderr[-3000:]
-    return errors[0]
 
 
 def test_the_console_script_tests_a_saved_model(lenet_checkpoint, data_root, tmp_path):

@@ -5,18 +5,9 @@ and torch import per case)."""
 import pytest
 import torch
 
-from conftest import N_TRAIN, run_fit
+from conftest import N_TRAIN, one_error_line, run_fit
 
 FAST = ("--trainer.fast_dev_run", "true")
-
-
-def last_line_error(result) -> str:
-    """The error must be one line on stderr, not a traceback."""
-    assert result.returncode != 0, result.stdout[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1, result.stderr[-3000:]
-    return errors[0]
 
 
 def test_vae_fast_dev_run_on_real_format(data_root, tmp_path):
@@ -64,36 +55,36 @@ def test_print_config_shows_the_linked_defaults(fit_in_process):
 
 
 def test_unknown_model_lists_the_known_ones(fit_in_process):
-    line = last_line_error(fit_in_process("--model", "vea"))
+    line = one_error_line(fit_in_process("--model", "vea"))
     assert "unknown model 'vea'" in line and "models: " in line and "vae" in line and "mnist" in line
 
 
 def test_no_model(fit_in_process):
-    assert "choose a model with --model NAME" in last_line_error(fit_in_process())
+    assert "choose a model with --model NAME" in one_error_line(fit_in_process())
 
 
 def test_unknown_dataset(fit_in_process):
-    line = last_line_error(fit_in_process("--model", "vae", "--data", "imagenet"))
+    line = one_error_line(fit_in_process("--model", "vae", "--data", "imagenet"))
     assert "unknown dataset 'imagenet'" in line and "cifar10" in line
 
 
 def test_config_key_the_model_does_not_take(fit_in_process):
-    line = last_line_error(fit_in_process("--model", "vae", "--model.hiden_dim", "3", *FAST))
+    line = one_error_line(fit_in_process("--model", "vae", "--model.hiden_dim", "3", *FAST))
     assert "--model" in line and "hiden_dim" in line and "not accepted" in line
 
 
 def test_wrong_type_in_config(fit_in_process):
-    line = last_line_error(fit_in_process("--model", "vae", "--trainer.max_epochs", "many"))
+    line = one_error_line(fit_in_process("--model", "vae", "--trainer.max_epochs", "many"))
     assert "trainer.max_epochs" in line and "many" in line
 
 
 def test_a_value_outside_the_choices_names_the_flag_as_typed(fit_in_process):
-    line = last_line_error(fit_in_process("--model", "vae", *FAST, "--model.decoder", "poisson"))
+    line = one_error_line(fit_in_process("--model", "vae", *FAST, "--model.decoder", "poisson"))
     assert "--model.decoder: " in line and "bernoulli" in line and "poisson" in line
 
 
 def test_missing_dataset_without_fallback(empty_root, fit_in_process):
-    line = last_line_error(
+    line = one_error_line(
         fit_in_process("--model", "vae", *FAST, "--data.root", str(empty_root), "--data.fallback", "false",
                        "--data.download", "false")
     )  # fmt: skip
@@ -103,31 +94,31 @@ def test_missing_dataset_without_fallback(empty_root, fit_in_process):
 def test_corrupt_dataset_file(data_root, fit_in_process):
     path = data_root / "MNIST" / "raw" / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:1000])
-    line = last_line_error(fit_in_process("--model", "vae", *FAST, "--data.root", str(data_root)))
+    line = one_error_line(fit_in_process("--model", "vae", *FAST, "--data.root", str(data_root)))
     assert "truncated or corrupt" in line
 
 
 def test_bad_text_file(tmp_path, fit_in_process):
     path = tmp_path / "latin1.txt"
     path.write_bytes("caf\xe9 ".encode("latin-1") * 200)
-    line = last_line_error(fit_in_process("--model", "vae", *FAST, "--data", "text", "--data.path", str(path)))
+    line = one_error_line(fit_in_process("--model", "vae", *FAST, "--data", "text", "--data.path", str(path)))
     assert "not UTF-8" in line
 
 
 def test_image_options_the_data_cannot_take(fit_in_process):
-    line = last_line_error(fit_in_process("--model", "vae", *FAST, "--data.channels", "2"))
+    line = one_error_line(fit_in_process("--model", "vae", *FAST, "--data.channels", "2"))
     assert "--data.channels must be 1 or 3" in line
 
 
 def test_data_the_model_cannot_take(data_root, fit_in_process):
-    line = last_line_error(fit_in_process("--model", "vae", *FAST, "--data", "text", "--data.root", str(data_root)))
+    line = one_error_line(fit_in_process("--model", "vae", *FAST, "--data", "text", "--data.root", str(data_root)))
     assert "vae needs image data" in line
 
 
 def test_missing_checkpoint(fit_in_process):
-    line = last_line_error(fit_in_process("--model", "vae", "--ckpt_path", "last", "--data", "digits"))
+    line = one_error_line(fit_in_process("--model", "vae", "--ckpt_path", "last", "--data", "digits"))
     assert "no last.ckpt" in line
-    line = last_line_error(fit_in_process("--model", "vae", "--ckpt_path", "nowhere.ckpt", "--data", "digits"))
+    line = one_error_line(fit_in_process("--model", "vae", "--ckpt_path", "nowhere.ckpt", "--data", "digits"))
     assert "checkpoint nowhere.ckpt not found" in line
 
 
