@@ -8,7 +8,7 @@ import lightning as L
 from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
 from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 
-from callbacks.hparams_summary import HParamsSummary
+from callbacks.hparams_summary import HParamsSummary, Stage
 
 # Lines Lightning writes through its rank-zero logger that are about Lightning, not about the run.
 NOISE = ("💡 Tip:", "Trainer already configured with model summary callbacks")
@@ -101,12 +101,15 @@ class ZooModelSummary(RichModelSummary):
         console.print(f"[bold]Modules[/]: {modes['train']} in train mode, {modes['eval']} in eval mode")
 
 
-def display_callbacks(progress_bar: bool | None = True, model_summary: bool | None = True) -> list[L.Callback]:
+def display_callbacks(
+    progress_bar: bool | None = True, model_summary: bool | None = True, last_stage: Stage | None = "test"
+) -> list[L.Callback]:
     """What every run shows, for a Trainer with these `enable_progress_bar` / `enable_model_summary` values
-    (None is Lightning's default, on): the progress bar and model summary above, and the HParams entry (whose
-    TensorBoardLogger needs `default_hp_metric=False`). Quiets Lightning's tips as a side effect."""
+    (None is Lightning's default, on): the progress bar and model summary above, and the HParams entry written
+    after `last_stage` (None: none; its TensorBoardLogger needs `default_hp_metric=False`). Quiets Lightning's
+    tips as a side effect."""
     quiet_lightning()
-    callbacks: list[L.Callback] = [HParamsSummary()]
+    callbacks: list[L.Callback] = [] if last_stage is None else [HParamsSummary(after=last_stage)]
     if progress_bar is not False:
         callbacks.append(ZooProgressBar())
         if model_summary is not False:

@@ -1,11 +1,15 @@
-"""The HParams tab of TensorBoard: the run's hyper-parameters and seed beside its test figures."""
+"""The HParams tab of TensorBoard: the run's hyper-parameters and seed beside its figures."""
 
 import os
+from typing import Literal
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.tensorboard.summary import hparams
+
+Stage = Literal["fit", "validate", "test"]
 
 
 def flat_hyperparameters(values: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
@@ -23,22 +27,47 @@ def flat_hyperparameters(values: dict, prefix: str = "") -> dict[str, int | floa
 
 
 class HParamsSummary(L.Callback):
-    """At the end of testing, writes TensorBoard's HParams entry: the model's and the DataModule's
-    hyper-parameters, the seed (`seed_everything`'s, None when unseeded), and as metrics the test figures
-    the run logged (their values are the `test/...` scalars). Needs a TensorBoardLogger made with
-    `default_hp_metric=False`, so that Lightning's placeholder metric (-1) does not take the entry first."""
+    """Writes TensorBoard's HParams entry once, at the end of the run's last stage (`after`: fit, validate or
+    test): the model's and the DataModule's hyper-parameters, the seed (`seed_everything`'s, "none" when
+    unseeded), and as metrics the validation and test figures the run logged (the tab reads their values from
+    the `val/...` and `test/...` scalars). Once only, because TensorBoard keeps the first entry of a run. Needs a
+    TensorBoardLogger made with `default_hp_metric=False`, so that Lightning's placeholder metric (-1) does not
+    take the entry first."""
+
+    def __init__(self, after: Stage = "test") -> None:
+        self.after = after
+        self.metric_names: set[str] = set()
+
+    def collect(self, trainer: L.Trainer) -> None:
+        self.metric_names |= {k for k in trainer.callback_metrics if k.startswith(("val/", "test/"))}
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.collect(trainer)
+        if self.after == "fit":
+            self.write(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            self.collect(trainer)
+            if self.after == "validate":
+                self.write(trainer, pl_module)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.collect(trainer)
+        if self.after == "test":
+            self.write(trainer, pl_module)
 
     @rank_zero_only
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    def write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-        if not metrics or not loggers:
+        if not self.metric_names or not loggers:
             return
         values = dict(pl_module.hparams)
         if trainer.datamodule is not None:
             values["data"] = dict(trainer.datamodule.hparams)
         values["seed"] = os.environ.get("PL_GLOBAL_SEED", "none")
-        experiment, start, end = hparams(flat_hyperparameters(values), metrics)
+        # The values are placeholders: the tab shows each metric's last scalar event, the figure the run logged.
+        experiment, start, end = hparams(flat_hyperparameters(values), dict.fromkeys(sorted(self.metric_names), 0.0))
         for logger in loggers:
             writer = logger.experiment.file_writer
             for summary in (experiment, start, end):

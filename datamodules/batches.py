@@ -7,7 +7,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 Split = Literal["train", "val", "test"]
 
@@ -37,38 +37,37 @@ def keep_batch(batch):
     return batch
 
 
-class EpochShuffle(RandomSampler):
-    """A RandomSampler whose order depends only on (seed, epoch): Lightning calls `set_epoch`, so a run
-    resumed from a checkpoint sees exactly the batches an uninterrupted run would. `resume_at(epoch, position)`
-    makes the next pass start `position` examples into that epoch's order, for a run resumed mid-epoch. Under
-    DDP Lightning swaps it for a DistributedSampler, which seeds the same way."""
+class EpochShuffle(DistributedSampler):
+    """The training order: a permutation that depends only on (seed, epoch), Lightning calling `set_epoch`, so a
+    run resumed from a checkpoint sees exactly the batches an uninterrupted run would. Under DDP each of the
+    `num_replicas` processes takes its share of it, as torch's DistributedSampler does (which it is, so Lightning
+    does not swap it for one of its own); in one process it is the whole permutation. `resume_at(epoch,
+    position)` makes the next pass start `position` examples into this process's share of that epoch, for a run
+    resumed mid-epoch."""
 
-    def __init__(self, data_source: Dataset, seed: int = 0) -> None:
-        super().__init__(data_source)
-        self.seed = seed
-        self.epoch = 0
+    def __init__(self, data_source: Dataset, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(data_source, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self._start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def resume_at(self, epoch: int, position: int) -> None:
-        """Start the next pass at example `position` of epoch `epoch`'s order (the examples before it were
-        trained on before the checkpoint). Lightning may open the pass before it calls `set_epoch`, so the
-        epoch is set here too."""
+        """Start the next pass at example `position` of this process's share of epoch `epoch` (the examples
+        before it were trained on before the checkpoint). Lightning may open the pass before it calls
+        `set_epoch`, so the epoch is set here too."""
         self.epoch, self._start = epoch, position
 
     def __iter__(self):
         start, self._start = self._start, 0  # one pass only: the next epoch starts at its beginning
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        yield from torch.randperm(len(self.data_source), generator=generator)[start:].tolist()
+        yield from list(super().__iter__())[start:]
 
 
-def make_loader(dataset: Dataset, batch_size: int, num_workers: int, train: bool, seed: int = 0) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, train: bool, seed: int = 0, replicas: tuple[int, int] = (1, 0)
+) -> DataLoader:
+    """`replicas`: (number of processes, this one's rank) sharing the training order."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochShuffle(dataset, seed) if train else None,
+        sampler=EpochShuffle(dataset, seed, *replicas) if train else None,
         drop_last=train and len(dataset) > batch_size,
         collate_fn=keep_batch,
         num_workers=num_workers,
@@ -106,8 +105,15 @@ class InMemoryDataModule(L.LightningDataModule):
         return chosen if chosen is not None else self.val_set
 
     def loader(self, split: Split, shuffle: bool) -> DataLoader:
+        trainer = self.trainer
+        replicas = (trainer.world_size, trainer.global_rank) if shuffle and trainer is not None else (1, 0)
         return make_loader(
-            self.dataset(split), self.batch_size, self.num_workers, train=shuffle, seed=self.shuffle_seed
+            self.dataset(split),
+            self.batch_size,
+            self.num_workers,
+            train=shuffle,
+            seed=self.shuffle_seed,
+            replicas=replicas,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -144,6 +150,10 @@ class InMemoryDataModule(L.LightningDataModule):
         return self.loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
+        return self.loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """`predict` runs over the test split, in order."""
         return self.loader("test", shuffle=False)
 
     def prepare_batch(self, batch, augment: bool):

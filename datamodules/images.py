@@ -14,6 +14,7 @@ from datamodules.batches import InMemoryDataModule, TensorBatches, random_crop, 
 from datamodules.sources import (
     DataError,
     check_idx,
+    check_loader_options,
     extract,
     fit_shape,
     load_digits_uint8,
@@ -66,8 +67,7 @@ class ImageDataModule(InMemoryDataModule):
                 drawn from shuffle_seed + e.
         """
         super().__init__()
-        if batch_size < 1:
-            raise DataError(f"--data.batch_size must be at least 1 image, got {batch_size}")
+        check_loader_options("image", num_workers, batch_size=batch_size)
         if image_size is not None and image_size < 1:
             raise DataError(f"--data.image_size must be a positive number of pixels, got {image_size}")
         if channels not in (None, 1, 3):
@@ -296,7 +296,19 @@ class CIFAR10DataModule(ImageDataModule):
 
 
 class _CelebAFiles(datasets.CelebA):
-    """torchvision's CelebA, checking that its files exist rather than their md5 at every start."""
+    """torchvision's CelebA, checking that its files exist rather than their md5 at every start, and that the
+    attribute file holds only -1 and 1 (torchvision maps them to 0 and 1 and would turn a 0 or a 2 into a
+    label without a word)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        raw = self._load_csv("list_attr_celeba.txt", header=1).data
+        if raw.numel() and not torch.isin(raw, torch.tensor([-1, 1])).all():
+            odd = sorted(set(raw[~torch.isin(raw, torch.tensor([-1, 1]))].tolist()))[:3]
+            raise DataError(
+                f"CelebA attributes in {Path(self.root) / self.base_folder / 'list_attr_celeba.txt'} must be -1 "
+                f"or 1, found {', '.join(map(str, odd))}; delete the file and download it again"
+            )
 
     def _check_integrity(self) -> bool:
         folder = Path(self.root) / self.base_folder

@@ -21,6 +21,16 @@ class DataError(ValueError):
     """Bad or missing data. The message is one line that names the problem and the fix."""
 
 
+def check_loader_options(unit: str, num_workers: int, **counts: int) -> None:
+    """Refuse counts below 1 (`batch_size=0`: "--data.batch_size must be at least 1 {unit}") and a negative
+    number of loader workers, naming the flag."""
+    for flag, value in counts.items():
+        if value < 1:
+            raise DataError(f"--data.{flag} must be at least 1 {unit}, got {value}")
+    if num_workers < 0:
+        raise DataError(f"--data.num_workers must be 0 (load in the main process) or more, got {num_workers}")
+
+
 def resolve_root(root: str | os.PathLike | None) -> Path:
     """`--data.root`, else $LIGHTNING_ZOO_DATA, else ./data."""
     if root is not None:

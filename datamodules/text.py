@@ -10,7 +10,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import Dataset
 
 from datamodules.batches import InMemoryDataModule
-from datamodules.sources import DataError, resolve_root
+from datamodules.sources import DataError, check_loader_options, resolve_root
 
 DEFAULT_FILE = Path("text") / "1984.txt"
 FALLBACK_BYTES = 1_000_000
@@ -80,8 +80,7 @@ class TextDataModule(InMemoryDataModule):
                 drawn from shuffle_seed + e.
         """
         super().__init__()
-        if batch_size < 1:
-            raise DataError(f"--data.batch_size must be at least 1 window, got {batch_size}")
+        check_loader_options("window", num_workers, batch_size=batch_size)
         if block_size < 1:
             raise DataError(f"--data.block_size must be at least 1, got {block_size}")
         if not 0.0 < val_fraction < 1.0:

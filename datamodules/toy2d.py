@@ -6,6 +6,7 @@ from typing import Literal
 import torch
 
 from datamodules.batches import InMemoryDataModule, TensorBatches
+from datamodules.sources import check_loader_options
 
 ToyName = Literal["moons", "swiss_roll", "8gaussians", "checkerboard", "rings"]
 
@@ -77,6 +78,7 @@ class Toy2DDataModule(InMemoryDataModule):
                 drawn from shuffle_seed + e.
         """
         super().__init__()
+        check_loader_options("point", num_workers, batch_size=batch_size, n_train=n_train, n_val=n_val, n_test=n_test)
         self.save_hyperparameters()
         self.batch_size, self.num_workers, self.shuffle_seed = batch_size, num_workers, shuffle_seed
         self.train_set = self.val_set = self.test_set = None

@@ -43,17 +43,38 @@ def class_path_of(model: L.LightningModule) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def plain(value: Any) -> Any:
+    """A hyper-parameter as a config file holds it: tuples as lists, a class path's empty init_args dropped."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items() if not (k == "init_args" and v in ({}, None))}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def differing_hyperparameters(checkpoint: dict[str, Any], model: L.LightningModule) -> str:
+    """`name saved -> current` for each hyper-parameter the checkpoint's model and `model` set differently."""
+    saved = {k: plain(v) for k, v in checkpoint.get("hyper_parameters", {}).items() if k != "_class_path"}
+    current = {k: plain(v) for k, v in model.hparams.items() if k != "_class_path"}
+    differing = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    return ", ".join(f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in differing)
+
+
 def check_compatible(
-    path: str | Path, model: L.LightningModule, datamodule: L.LightningDataModule | None = None
+    path: str | Path,
+    model: L.LightningModule,
+    datamodule: L.LightningDataModule | None = None,
+    same_hyperparameters: bool = True,
 ) -> None:
-    """Raise a CheckpointError naming `path` unless training can resume from it into `model` (and
-    `datamodule`): the same model class, the same vocabulary, the same hyper-parameters."""
+    """Raise a CheckpointError naming `path` unless its weights and state fit `model` (and `datamodule`): the
+    same model class, the same vocabulary and, with `same_hyperparameters` (to resume training), the same
+    hyper-parameters. To validate, test or predict, other hyper-parameters are fine as long as the weights load
+    (`weights_misfit` then explains a failure)."""
     checkpoint = read_checkpoint(path)
-    saved = dict(checkpoint.get("hyper_parameters", {}))
-    saved_class = saved.pop("_class_path", None)
+    saved_class = checkpoint.get("hyper_parameters", {}).get("_class_path")
     if saved_class is not None and saved_class != class_path_of(model):
         raise CheckpointError(
-            f"checkpoint {path} holds a {saved_class}, not the {class_path_of(model)} being trained; "
+            f"checkpoint {path} holds a {saved_class}, not the {class_path_of(model)} of this command; "
             "pass a checkpoint of this model, or the --model it was trained as"
         )
     vocab = getattr(datamodule, "vocab", None)
@@ -61,16 +82,25 @@ def check_compatible(
     if isinstance(vocab, str) and isinstance(saved_vocab, str) and vocab != saved_vocab:
         raise CheckpointError(
             f"checkpoint {path} was trained on a text with another vocabulary ({len(saved_vocab)} characters, "
-            f"this one has {len(vocab)}); resume with the same --data.path"
+            f"this one has {len(vocab)}); use the same --data.path"
         )
-    current = {k: v for k, v in model.hparams.items() if k != "_class_path"}
-    differing = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
-    if differing:
-        changes = ", ".join(f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in differing)
+    changes = differing_hyperparameters(checkpoint, model) if same_hyperparameters else ""
+    if changes:
         raise CheckpointError(
             f"checkpoint {path} was trained with other hyper-parameters ({changes}); "
-            "resume with the flags of that run, or start a new one without --ckpt_path"
+            "resume with the flags of that run (or --config with its config.yaml), or start a new one without "
+            "--ckpt_path"
         )
+
+
+def weights_misfit(path: str | Path, model: L.LightningModule) -> CheckpointError:
+    """The error for a checkpoint whose weights do not load into `model` (its state_dict has other names or
+    shapes), naming the hyper-parameters that differ."""
+    changes = differing_hyperparameters(read_checkpoint(path), model) or "none: the network differs"
+    return CheckpointError(
+        f"checkpoint {path} does not fit this {type(model).__name__} (hyper-parameters that differ: {changes}); "
+        "use the flags it was trained with (or --config with its config.yaml)"
+    )
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> L.LightningModule:

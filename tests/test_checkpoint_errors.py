@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_text
+from conftest import one_error_line, script_in_process_at, write_text
 from datamodules.text import TextDataModule
 from lightning_modules.blocks.small_nets import LeNet5
 from lightning_modules.checkpoint import CheckpointError, check_compatible, load_model, read_checkpoint
@@ -86,3 +86,27 @@ def test_fit_resumes_into_another_configuration_with_one_line(fit_in_process, tm
     assert last_line.startswith("fit.py: error: checkpoint runs/lenet5/version_0/checkpoints/last.ckpt was trained")
     assert "lr 0.002 -> 0.5" in last_line
     assert not (tmp_path / "runs" / "lenet5" / "version_1" / "checkpoints").exists()  # nothing trained
+
+
+def test_hyper_parameters_compare_as_a_config_file_holds_them(lenet_checkpoint, tmp_path):
+    """A tuple saved by the Python API and the list a config gives, or a class path with and without empty
+    init_args, are the same configuration."""
+    checkpoint = torch.load(lenet_checkpoint, weights_only=True)
+    as_config = {**checkpoint["hyper_parameters"], "milestones": [0.5, 0.75]}
+    path = rewritten(lenet_checkpoint, tmp_path / "listed.ckpt", hyper_parameters=as_config)
+    check_compatible(path, lenet(milestones=(0.5, 0.75)))
+
+
+VAE = ("--model", "vae", "--data", "digits", "--model.iwae_samples", "0", "--trainer.limit_test_batches", "1",
+       "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false")  # fmt: skip
+
+
+def test_testing_takes_other_settings_but_not_other_weights(fit_in_process, tmp_path):
+    first = fit_in_process(*VAE, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpt = "runs/vae/version_0/checkpoints/last.ckpt"
+    zoo = lambda *args: script_in_process_at("zoo.cli", tmp_path, "test", *VAE, "--ckpt_path", ckpt, *args)  # noqa: E731
+    tested = zoo("--model.lr", "0.5")  # a training setting: the weights are the same
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    line = one_error_line(zoo("--model.latent_dim", "3"))
+    assert f"checkpoint {ckpt} does not fit this VAE (hyper-parameters that differ: latent_dim 20 -> 3)" in line

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import evaluate
+import lightning as L
 import pytest
 import sample
 import torch
@@ -15,8 +16,8 @@ from PIL import Image
 from test_ddpm import TINY_FLAGS as TINY_DDPM
 from test_sample import QUIET, TINY_GPT
 
-from conftest import SAMPLE_TEXT, fit_in_process_at
-from lightning_modules.checkpoint import load_model, read_checkpoint
+from conftest import SAMPLE_TEXT, fit_in_process_at, one_error_line, script_in_process_at
+from lightning_modules.checkpoint import load_datamodule, load_model, read_checkpoint
 from lightning_modules.diffusion.ddpm import DDPM
 from lightning_modules.protocols import Encodes, GeneratesText, Samples, missing
 from lightning_modules.registry import import_class, model_class, model_names, read_config
@@ -170,6 +171,37 @@ def test_invert_where_the_model_encodes(name: str, fitted, tmp_path: Path, capsy
 
 
 @pytest.mark.parametrize("name", model_names())
+def test_predict_writes_a_row_per_test_example_or_refuses(name: str, fitted) -> None:
+    """`lightning-zoo predict --ckpt_path CKPT`: one row per example of the test split, in its order, from the
+    checkpoint's weights; a model without a predict_step is refused in one line."""
+    run = fitted(name)
+    model = load_model(run.ckpt)
+    args = ("predict", *run.args("--ckpt_path", str(run.ckpt)))
+    result = script_in_process_at("zoo.cli", run.cwd, *args)
+    if type(model).predict_step is L.LightningModule.predict_step:
+        assert f"{type(model).__name__} has no predict_step" in one_error_line(result)
+        return
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("  predictions: ")]
+    rows = torch.load(run.cwd / path, weights_only=True)
+    datamodule = load_datamodule(run.ckpt, root=run.root)
+    n_test = len(datamodule.dataset("test"))
+    assert rows and all(len(column) == n_test for column in rows.values())
+    # The first rows again, from the checkpoint's model in this process: the same weights on the same test batch
+    # through the same kernels give the same bits.
+    batch = datamodule.batch("test", n=4)
+    with torch.no_grad():
+        expected = model.eval().predict_step(batch, 0)
+    for key, column in expected.items():
+        if key not in STOCHASTIC_PREDICTIONS:
+            torch.testing.assert_close(rows[key][:4], column, rtol=0, atol=0)
+
+
+# Predictions that draw a sample: a VAE's -ELBO takes one z ~ q(z|x).
+STOCHASTIC_PREDICTIONS = {"neg_elbo_nats"}
+
+
+@pytest.mark.parametrize("name", model_names())
 def test_resume_takes_one_more_batch(name: str, fitted) -> None:
     run = fitted(name)
     checkpoint = read_checkpoint(run.ckpt)
@@ -185,7 +217,9 @@ def test_resume_takes_one_more_batch(name: str, fitted) -> None:
     )
     result = fit_quietly(run.cwd, *run.args(*one_more))
     assert result.returncode == 0, result.stderr[-3000:]
-    resumed = read_checkpoint(run.cwd / "runs" / name / "version_1" / "checkpoints" / "last.ckpt")
+    # The newest version: the shared run folder may hold others (a predict run writes one).
+    newest = max((run.cwd / "runs" / name).glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    resumed = read_checkpoint(newest)
     # One more training batch, of as many optimiser steps as each batch of the first run took (one, or for a
     # model that steps its optimiser itself, such as PPO over a rollout's minibatches, several).
     assert trained_batches(resumed) == batches + 1

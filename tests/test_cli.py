@@ -48,7 +48,8 @@ def test_validate_subcommand(zoo):
 
 
 def test_predict_without_a_predict_step_is_one_line(zoo):
-    assert "VAE has no predict_step" in one_error_line(zoo("predict", *SHORT))
+    ppo = ("--model", "ppo", "--model.num_steps", "16", "--trainer.enable_progress_bar", "false")
+    assert "PPO has no predict_step" in one_error_line(zoo("predict", *ppo))
 
 
 def test_the_console_script_needs_a_subcommand(zoo):
@@ -90,6 +91,17 @@ class SeededDigits(DigitsDataModule):
     def __init__(self, shuffle_seed: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.shuffle_seed = shuffle_seed
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+def test_a_drawn_seed_reaches_the_data_order_too(monkeypatch):
+    # `--seed_everything true` takes Lightning's seed of the environment (PL_GLOBAL_SEED, else 0) after parsing.
+    monkeypatch.setenv("PL_GLOBAL_SEED", "11")
+    _, args = fit.translate(["--model", "vae", "--data", f"{__name__}.SeededDigits", "--seed_everything", "true"])
+    cli = fit.ZooCLI("vae", args)
+    seed = cli.config.seed_everything
+    assert isinstance(seed, int) and not isinstance(seed, bool)
+    assert cli.datamodule.shuffle_seed == seed == 11
 
 
 @pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import fit
-from conftest import fit_in_process_at, write_text
+from conftest import fit_in_process_at, run_fit, write_text
 
 # Digits (8x8, 20 batches of 64 per epoch) keep the three runs short; the IWAE estimate and all but one test
 # batch (the t-SNE of the test codes takes half a minute on the whole split) are switched off for the same
@@ -117,6 +117,50 @@ def test_a_gpt_killed_between_its_checkpoints_resumes_exactly(tmp_path_factory, 
     resumed = fit_in_process_at(runs["killed"], *GPT_RUN, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got, _, resumed_step = final_state(runs["killed"] / "runs" / "gpt" / "version_0")
+    assert resumed_step == step
+    for name, value in want.items():  # the same float operations in the same order: equal to the last bit
+        torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
+
+
+# Under DDP each process trains on its share of the order; the sampler is the DataModule's own (a
+# DistributedSampler), so its place in the epoch comes back from the checkpoint too. Digits in batches of 32 over
+# 2 processes: 20 steps an epoch each; a checkpoint every 5 steps, the processes "die" at step 8.
+KILLER = """
+import lightning as L
+
+
+class KillAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"killed before step {self.step}")
+"""
+EVERY_5 = "{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {every_n_train_steps: 5, save_last: true}}"
+DDP_RUN = (*RUN, "--data.batch_size", "32", "--trainer.max_epochs", "1", "--trainer.devices", "2",
+           "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu")  # fmt: skip
+
+
+def test_a_ddp_run_killed_mid_epoch_resumes_exactly(tmp_path_factory):
+    runs = {name: tmp_path_factory.mktemp(name) for name in ("uninterrupted", "killed")}
+    (runs["killed"] / "killer.py").write_text(KILLER)
+    env = {"PYTHONPATH": os.pathsep.join([str(runs["killed"]), os.environ.get("PYTHONPATH", "")])}
+    kill = "{class_path: killer.KillAt, init_args: {step: 8}}"
+
+    result = run_fit(*DDP_RUN, "--trainer.callbacks", f"[{EVERY_5}]", cwd=runs["uninterrupted"], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    want, _, step = final_state(runs["uninterrupted"] / "runs" / "vae" / "version_0")
+    assert step == 20
+
+    killed = run_fit(*DDP_RUN, "--trainer.callbacks", f"[{EVERY_5}, {kill}]", cwd=runs["killed"], env=env, timeout=600)
+    assert killed.returncode != 0 and "killed before step 8" in killed.stderr, killed.stderr[-3000:]
+    saved = torch.load(runs["killed"] / "runs" / "vae" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 5  # the checkpoint the resumed run starts from: mid-epoch
+    resumed = run_fit(*DDP_RUN, "--trainer.callbacks", f"[{EVERY_5}]", "--ckpt_path", "last", cwd=runs["killed"],
+                      timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got, _, resumed_step = final_state(runs["killed"] / "runs" / "vae" / "version_0")
     assert resumed_step == step
     for name, value in want.items():  # the same float operations in the same order: equal to the last bit
         torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)

@@ -23,8 +23,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks import FiniteLossCheck, RestoreRNGState
 from callbacks.console import display_callbacks
+from callbacks.prediction_writer import PredictionWriter
 from datamodules import DATAMODULES
-from lightning_modules.checkpoint import check_compatible
+from lightning_modules.checkpoint import check_compatible, weights_misfit
 from lightning_modules.registry import config_path, import_class, model_names
 from zoo.errors import BAD_INPUT, debugging, print_error, report
 from zoo.resume import find_resumable
@@ -147,7 +148,7 @@ def _data_fact(name: str):
 
 
 def _shuffle_seed(seed: int | bool) -> int:
-    # `--seed_everything true` draws its seed only after parsing; the data order then keeps its default.
+    # `--seed_everything true` draws its seed only after parsing: ZooCLI.order_data_by_the_seed sets it then.
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
 
 
@@ -170,8 +171,17 @@ def model_help(config: Namespace, prog: str) -> str:
 
 
 class ZooCLI(LightningCLI):
-    def __init__(self, model_name: str | None, args: list[str], extra_callbacks: list[L.Callback] = ()) -> None:
+    def __init__(
+        self,
+        model_name: str | None,
+        args: list[str],
+        extra_callbacks: list[L.Callback] = (),
+        subcommand: str | None = None,
+    ) -> None:
+        """`subcommand`: the Trainer method the caller will run (None: fit, then test), for the callbacks that
+        write at its end (the HParams entry, the predictions)."""
         self.model_name = model_name or "model"
+        self.zoo_subcommand = subcommand
         self.extra_callbacks = list(extra_callbacks)
         super().__init__(
             L.LightningModule,
@@ -229,18 +239,39 @@ class ZooCLI(LightningCLI):
                 f"--trainer.accelerator {trainer.accelerator}: this machine has no CUDA GPU that torch can use; "
                 "use --trainer.accelerator cpu (or auto)"
             )
+        self.order_data_by_the_seed()
         if self.config.ckpt_path == "last":
             self.config.ckpt_path = self.resume_this_run()
         callbacks = [FiniteLossCheck(), RestoreRNGState(), *self.extra_callbacks]
+        if self.zoo_subcommand == "predict":
+            callbacks.append(PredictionWriter())
         # Lightning saves last.ckpt at train end even under fast_dev_run; a smoke test should leave no files.
-        if trainer.enable_checkpointing is not False and not trainer.fast_dev_run:
+        trains = self.zoo_subcommand in (None, "fit")
+        if not trains:
+            # Nothing to save, and the callbacks that wrote the loaded checkpoint have no state to restore here.
+            trainer.enable_checkpointing = False
+            warnings.filterwarnings("ignore", ".*callbacks used to create the checkpoint need to be provided.*")
+        if trains and trainer.enable_checkpointing is not False and not trainer.fast_dev_run:
             # A resumed run writes into its own folder again: overwrite last.ckpt rather than add last-v1.ckpt.
             callbacks.append(ModelCheckpoint(save_last=True, enable_version_counter=False))
-        callbacks += display_callbacks(trainer.enable_progress_bar, trainer.enable_model_summary)
+        last_stage = {None: "test", "predict": None}.get(self.zoo_subcommand, self.zoo_subcommand)
+        callbacks += display_callbacks(trainer.enable_progress_bar, trainer.enable_model_summary, last_stage)
         self.trainer_defaults["callbacks"] = callbacks
         if trainer.logger is False:
             # Without a logger the config would be written to the working directory; keep it clean.
             self.save_config_callback = None
+
+    def order_data_by_the_seed(self) -> None:
+        """`--seed_everything true` draws its seed after parsing, when the link to the data order has already given
+        it the default; give it the seed drawn (LightningCLI has put it in the config by now)."""
+        seed, init_args = self.config.seed_everything, self.config.data.get("init_args")
+        if (
+            isinstance(seed, int)
+            and not isinstance(seed, bool)
+            and init_args is not None
+            and "shuffle_seed" in init_args
+        ):
+            init_args.shuffle_seed = seed
 
     def resume_this_run(self) -> str:
         """The newest last.ckpt of a run of this configuration; the logger writes on into that run's version."""
@@ -271,9 +302,14 @@ def summary(cli: ZooCLI, results: list[dict]) -> str:
     if source:
         lines[0] += f" (data: {source})"
     lines += [f"  {name} = {value:.4f}" for name, value in sorted(metrics.items())]
-    checkpoint = trainer.checkpoint_callback
-    last = checkpoint.last_model_path if checkpoint is not None else ""
-    lines.append(f"  checkpoint: {last or 'none saved'}")
+    if cli.zoo_subcommand in (None, "fit"):
+        checkpoint = trainer.checkpoint_callback
+        last = checkpoint.last_model_path if checkpoint is not None else ""
+        lines.append(f"  checkpoint: {last or 'none saved'}")
+    else:
+        lines.append(f"  from checkpoint: {cli.config.ckpt_path or 'none (the initial weights)'}")
+    for writer in (c for c in trainer.callbacks if isinstance(c, PredictionWriter)):
+        lines += [f"  predictions: {path}" for path in writer.paths]
     if trainer.logger is not None and not trainer.fast_dev_run:
         lines.append(f"  tensorboard --logdir {trainer.logger.root_dir}")
     return "\n".join(lines)
@@ -291,19 +327,25 @@ def run_subcommand(cli: ZooCLI, subcommand: str | None) -> list[dict]:
     """Run the Trainer method of the subcommand (None: fit, then test); the metrics to print."""
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     ckpt_path = check_checkpoint(cli.config.ckpt_path)
-    if subcommand in (None, "fit"):
-        if ckpt_path is not None:
-            check_compatible(ckpt_path, model, data)
+    trains = subcommand in (None, "fit")
+    if ckpt_path is not None:
+        check_compatible(ckpt_path, model, data, same_hyperparameters=trains)
+    if trains:
         trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
         if subcommand == "fit":
             return [{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}]
         return trainer.test(model, datamodule=data, verbose=False)
     if subcommand == "predict":
         check_predicts(cli)
-        predictions = trainer.predict(model, datamodule=data, ckpt_path=ckpt_path)
-        print(f"{len(predictions or [])} batches predicted")
-        return []
-    return getattr(trainer, subcommand)(model, datamodule=data, ckpt_path=ckpt_path, verbose=False)
+    try:
+        if subcommand == "predict":
+            trainer.predict(model, datamodule=data, ckpt_path=ckpt_path)
+            return []
+        return getattr(trainer, subcommand)(model, datamodule=data, ckpt_path=ckpt_path, verbose=False)
+    except RuntimeError as error:
+        if ckpt_path is not None and str(error).startswith("Error(s) in loading state_dict"):
+            raise weights_misfit(ckpt_path, model) from None
+        raise
 
 
 def split_subcommand(argv: list[str], short_form: bool) -> tuple[str | None, list[str]]:
@@ -328,13 +370,23 @@ def main(argv: list[str] | None = None, short_form: bool = False, cli_class: typ
     try:
         subcommand, rest = split_subcommand(argv, short_form)
         model_name, args = translate(rest)
-        cli = cli_class(model_name, args)
+        cli = cli_class(model_name, args, subcommand=subcommand)
         results = run_subcommand(cli, subcommand)
     except BAD_INPUT as error:
         return report(program(), error)
     if cli.trainer.is_global_zero:
         print(summary(cli, results))
+    release_process_group()
     return 0
+
+
+def release_process_group() -> None:
+    """Lightning leaves DDP's process group open at the end of a run; at interpreter exit Gloo's worker threads
+    may then still hold work with Python references, and tearing them down aborts the process ("terminate called
+    without an active exception", pytorch/pytorch#190489). Destroyed here, after a run every process finished
+    (not after an error, when another process may still be inside a collective)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def console() -> None:

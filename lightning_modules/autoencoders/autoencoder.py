@@ -115,6 +115,11 @@ class Autoencoder(L.LightningModule):
         self.test_mse.update(self.decode(self.encode(x)), x)
         self.log("test/mse", self.test_mse)
 
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Per image: its code and its reconstruction."""
+        latent = self.encode(batch[0])
+        return {"latent": latent, "reconstruction": self.decode(latent)}
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 

@@ -211,6 +211,18 @@ class VAE(L.LightningModule):
             self.test_iwae_nll.update(self.iwae_nll(x, k))
             self.log("test/iwae_nll_nats", self.test_iwae_nll)
 
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Per image: the posterior q(z|x) (mean and log-variance), the reconstruction decoded from its mean and
+        -ELBO in nats (one reparameterised sample, as the test figure)."""
+        x = batch[0]
+        mu, logvar = self.posterior(x)
+        return {
+            "latent": mu,
+            "log_variance": logvar,
+            "reconstruction": self.decode(mu),
+            "neg_elbo_nats": self.neg_elbo(x),
+        }
+
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
         if not self.hparams.cosine_decay:

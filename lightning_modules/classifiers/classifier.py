@@ -163,6 +163,12 @@ class ImageClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self.score_split(batch, "test", self.test_acc)
 
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Per image: the class probabilities, the predicted class and the true label."""
+        images, labels = batch
+        probabilities = F.softmax(self(images).float(), dim=-1)
+        return {"probabilities": probabilities, "predicted": probabilities.argmax(-1), "label": labels}
+
     def configure_optimizers(self):
         hp = self.hparams
         groups = decay_groups(self.parameters(), hp.weight_decay)

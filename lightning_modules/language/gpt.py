@@ -226,6 +226,14 @@ class GPT(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self.score_split(batch, self.test_nll, "test")
 
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Per text window: the most likely next character at every position and each target character's
+        negative log-likelihood in nats (their mean over the split is the test loss)."""
+        x, y = batch
+        logits = self.transformer(x).float()
+        nll = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+        return {"next_token": logits.argmax(-1), "nll_nats": nll}
+
     def configure_optimizers(self):
         hp = self.hparams
         # Decay on the matrices (linear weights, embeddings), none on biases and norm gains.
