@@ -137,7 +137,9 @@ class KillAt(L.Callback):
         if trainer.global_step == self.step:
             raise RuntimeError(f"killed before step {self.step}")
 """
-EVERY_5 = "{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {every_n_train_steps: 5, save_last: true}}"
+EVERY_5 = (
+    "{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {every_n_train_steps: 5, save_last: true}}"
+)
 DDP_RUN = (*RUN, "--data.batch_size", "32", "--trainer.max_epochs", "1", "--trainer.devices", "2",
            "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu")  # fmt: skip
 
