@@ -4,6 +4,7 @@ and then damaged the way downloads and disks damage them."""
 
 import gzip
 import os
+import re
 import tarfile
 
 import argument_types
@@ -13,8 +14,8 @@ import torch
 from test_fit import FAST
 
 import datamodules.sources as sources
-from conftest import N_TRAIN, one_error_line, write_cifar10, write_idx, write_mnist
-from datamodules import CIFAR10DataModule, DataError, MNISTDataModule
+from conftest import N_TRAIN, one_error_line, write_celeba, write_cifar10, write_idx, write_mnist
+from datamodules import CelebADataModule, CIFAR10DataModule, DataError, MNISTDataModule, Toy2DDataModule
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 AS_ROOT = os.geteuid() == 0  # root writes to read-only folders, so those cases are simulated for it
@@ -228,3 +229,30 @@ def test_model_with_data_it_cannot_take(fit_in_process, empty_root, monkeypatch,
     monkeypatch.setenv("LIGHTNING_ZOO_DATA", str(empty_root))  # offline: the image sets fall back to the digits
     line = one_error_line(fit_in_process("--model", model, "--data", data, *FAST))
     assert message in line, line
+
+
+@pytest.mark.parametrize(
+    ("make", "flag"),
+    [
+        (lambda: Toy2DDataModule(batch_size=0), "--data.batch_size must be at least 1 point, got 0"),
+        (lambda: Toy2DDataModule(n_val=-2), "--data.n_val must be at least 1 point, got -2"),
+        (lambda: Toy2DDataModule(num_workers=-1), "--data.num_workers must be 0"),
+        (lambda: MNISTDataModule(num_workers=-1), "--data.num_workers must be 0"),
+    ],
+)
+def test_counts_of_the_data_below_their_minimum_name_the_flag(make, flag):
+    with pytest.raises(DataError, match=re.escape(flag)):
+        make()
+
+
+def test_celeba_attributes_other_than_minus_one_and_one_are_refused(tmp_path):
+    folder = write_celeba(tmp_path)
+    path = folder / "list_attr_celeba.txt"
+    lines = path.read_text().splitlines()
+    name, *values = lines[2].split()
+    lines[2] = " ".join([name, "0", *values[1:]])  # torchvision would read 0 as the label 0 without a word
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"CelebA attributes in .*list_attr_celeba.txt must be -1 or 1, found 0"):
+        ready = CelebADataModule(root=str(tmp_path), download=False, fallback=False)
+        ready.prepare_data()
+        ready.setup("fit")

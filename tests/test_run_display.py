@@ -11,6 +11,7 @@ import torch
 import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from callbacks.classifier_mistakes import ClassifierMistakes
@@ -117,6 +118,27 @@ def test_hparams_entry_has_the_test_figures_and_the_seed(data_root, tmp_path):
     assert start.hparams["lr"].number_value == model.hparams.lr
     # The tab's value of a metric is its scalar's last event: the test's own figure (float32 in the event file).
     assert run.Scalars("test/acc")[-1].value == pytest.approx(result["test/acc"], rel=1e-6)
+
+
+def test_a_fit_only_run_writes_its_hparams_entry_with_the_validation_figures(data_root, tmp_path):
+    """`lightning-zoo fit` runs no test: the entry comes after fit, with the val/ metrics; written once."""
+    model = tiny_classifier()
+    summary = HParamsSummary(after="fit")
+    trainer = trainer_at(tmp_path, [summary], max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                         num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(model, datamodule=mnist(data_root))
+    trainer.test(model, datamodule=mnist(data_root), verbose=False)  # after the entry: adds none
+    run = events(tmp_path / "run" / "version_0")
+    content = run.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert sorted(info.name.tag for info in experiment.metric_infos) == ["val/acc", "val/loss"]
+    written = [
+        value.tag
+        for path in (tmp_path / "run" / "version_0").glob("events.out.tfevents.*")
+        for event in EventFileLoader(str(path)).Load()
+        for value in event.summary.value
+    ]
+    assert written.count("_hparams_/experiment") == 1
 
 
 def test_learning_rate_curve_follows_the_schedule_and_idles_without_a_logger(data_root, tmp_path):
