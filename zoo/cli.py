@@ -20,6 +20,7 @@ import yaml
 from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks import FiniteLossCheck, RestoreRNGState
 from callbacks.console import display_callbacks
@@ -28,6 +29,7 @@ from datamodules import DATAMODULES
 from lightning_modules.checkpoint import check_compatible, weights_misfit
 from lightning_modules.registry import config_path, import_class, model_names
 from zoo.errors import BAD_INPUT, debugging, print_error, report
+from zoo.precision import fastest_precision
 from zoo.resume import find_resumable
 
 DEFAULT_SEED = 0
@@ -240,6 +242,11 @@ class ZooCLI(LightningCLI):
                 "use --trainer.accelerator cpu (or auto)"
             )
         self.order_data_by_the_seed()
+        if trainer.precision is None:  # neither the config nor the command line chose
+            trainer.precision, why = fastest_precision(str(trainer.accelerator))
+            rank_zero_info(
+                f"Precision: {trainer.precision} ({why}); --trainer.precision 32-true or bf16-mixed forces one"
+            )
         if self.config.ckpt_path == "last":
             self.config.ckpt_path = self.resume_this_run()
         callbacks = [FiniteLossCheck(), RestoreRNGState(), *self.extra_callbacks]

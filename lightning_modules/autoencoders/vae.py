@@ -126,7 +126,9 @@ class VAE(L.LightningModule):
     # --- the documented model methods -------------------------------------------------------
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of q(z|x), each (B, latent_dim)."""
-        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        # fp32 under bf16 autocast: the KL, the reparameterised sample and IWAE's log-densities are elementwise
+        # sums that autocast would leave in bf16 (8 bits of mantissa: ~0.4% per term).
+        mu, logvar = self.encoder(x).float().chunk(2, dim=1)
         return mu, logvar
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,7 +147,8 @@ class VAE(L.LightningModule):
 
     # --- the loss --------------------------------------------------------------------------
     def reconstruction_nll(self, decoded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """-log p(x|z) per image, from the decoder's raw output."""
+        """-log p(x|z) per image, from the decoder's raw output (summed over pixels in fp32)."""
+        decoded = decoded.float()
         if self.hparams.decoder == "bernoulli":
             return bernoulli_nll(decoded, x)
         return gaussian_nll(decoded, self.log_sigma, x)

@@ -2,6 +2,8 @@
 embeddings) and the vision transformers (non-causal): multi-head self-attention through
 `F.scaled_dot_product_attention` and the pre-norm residual block."""
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,14 +84,21 @@ class SelfAttention(nn.Module):
         # past sees the past and its own prefix (lower-triangular mask shifted by the past's length).
         shifted = self.causal and past > 0 and t > 1
         mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past) if shifted else None
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=self.causal and past == 0 and t > 1,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        # On the CPU, torch's bf16 attention kernels are slower than its fp32 ones at every size of the zoo (the
+        # backward 7x at ViT's 50 tokens of 16 per head, measured single-threaded): under bf16 autocast (which
+        # casts attention's inputs to bf16 itself) attention runs in fp32 on the CPU, softmax statistics included,
+        # and only the projections around it in bf16.
+        cpu_bf16 = q.device.type == "cpu" and torch.is_autocast_enabled("cpu") and q.dtype == torch.bfloat16
+        with torch.autocast("cpu", enabled=False) if cpu_bf16 else contextlib.nullcontext():
+            y = F.scaled_dot_product_attention(
+                q.float() if cpu_bf16 else q,
+                k.float() if cpu_bf16 else k,
+                v.float() if cpu_bf16 else v,
+                attn_mask=mask,
+                is_causal=self.causal and past == 0 and t > 1,
+                dropout_p=self.dropout if self.training else 0.0,
+            )
+        y = y.to(q.dtype)
         return self.proj_dropout(self.proj(y.transpose(1, 2).flatten(2)))
 
 
