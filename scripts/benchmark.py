@@ -219,6 +219,7 @@ def run(options: argparse.Namespace, extra: list[str]) -> dict:
     for solved in (c for c in trainer.callbacks if isinstance(c, SolvedAt) and c.threshold is not None):
         row["solved_at_env_steps"] = solved.env_steps or -1
         row["solved_after_s"] = round(solved.seconds, 2) if solved.seconds else -1
+    back_on_the_run_device(model, trainer)
     if options.model_only_steps:
         alone = model_only_throughput(model, trainer, cli.datamodule, options.model_only_steps)
         row["model_only_per_s"] = round(alone, 1)
@@ -226,6 +227,15 @@ def run(options: argparse.Namespace, extra: list[str]) -> dict:
     batches = logged.metrics.get("train/batches")
     row.update(flop_rates(model, trainer, cli.datamodule, batches / timed if batches and timed else None, options))
     return row
+
+
+def back_on_the_run_device(model: L.LightningModule, trainer: L.Trainer) -> None:
+    """The model and its optimisers' state back on the run's device, where the trainer's teardown took them off
+    (to the CPU): the measurements after training run where training ran. An optimiser's load_state_dict puts
+    each state tensor on its parameter's device."""
+    model.to(trainer.strategy.root_device)
+    for optimizer in trainer.optimizers:
+        optimizer.load_state_dict(optimizer.state_dict())
 
 
 def flop_rates(
@@ -242,11 +252,9 @@ def flop_rates(
     fields = ("flops_per_step", "achieved_flops_per_s", "peak_flops_per_s", "peak_precision", "share_of_peak")
     if not model.automatic_optimization or not isinstance(datamodule, InMemoryDataModule):
         return dict.fromkeys(fields)
-    device = trainer.strategy.root_device  # the trainer's teardown moved the model to the CPU
-    model.to(device)
-    flops = training_step_flops(model, datamodule.batch("train", device=device))
+    flops = training_step_flops(model, datamodule.batch("train", device=model.device))
     dtype = precision_dtype(trainer.precision)
-    peak = matmul_peak_flops(dtype, options.peak_size, options.peak_seconds, device)
+    peak = matmul_peak_flops(dtype, options.peak_size, options.peak_seconds, model.device)
     achieved = flops * batches_per_s if batches_per_s else None
     share = achieved / peak if achieved else None
     return dict(zip(fields, (flops, achieved, peak, DTYPE_NAMES[dtype], share), strict=True))
@@ -266,6 +274,13 @@ def table_row(row: dict) -> str:
     return header + "\n" + "|---" * len(cells + [value]) + "|\n| " + " | ".join(map(str, [*cells, value])) + " |"
 
 
+def shown_value(value: Any) -> str:
+    """A float to 4 decimals, or to 4 significant digits when large (a peak of 5.871e+10 FLOP/s)."""
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 1e6 else f"{value:.4f}"
+    return str(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     options, extra = parse(sys.argv[1:] if argv is None else argv)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -279,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = ("model", "dataset", "params", "epochs", "seconds", "samples_per_s", "throughput_unit", "metric", "value")
     shown += ("achieved_flops_per_s", "share_of_peak")
     extras = {k: v for k, v in row.items() if k not in shown}
-    print("  " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in extras.items()))
+    print("  " + ", ".join(f"{k}={shown_value(v)}" for k, v in extras.items()))
     if options.json:
         with open(options.json, "w") as file:
             json.dump(row, file, indent=2)

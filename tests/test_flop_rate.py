@@ -11,6 +11,8 @@ from flop_rate import matmul_peak_flops, precision_dtype, training_step_flops
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from lightning_modules.language.gpt import GPT
+
 
 class Regression(L.LightningModule):
     """`net` fitted to y by mean squared error: the FLOPs of a step are those of `net`'s matmuls."""
@@ -36,7 +38,7 @@ def test_two_bias_free_layers_count_their_matmuls_forward_and_backward():
     batch = torch.randn(b, n_in), torch.randn(b, n_out)
     # A (b, m) @ (m, n) matmul is 2*b*m*n FLOPs. Forward: one per layer. Backward: each layer's weight gradient
     # (the same size again), and the gradient of its input, except for the first layer, whose input is the data
-    # (which needs none). The loss, the ReLU-free chain's additions and the mean are not matmuls: not counted.
+    # (which needs none). The loss (differences, squares, a mean) has no matmul: it counts nothing.
     first, second = 2 * b * n_in * hidden, 2 * b * hidden * n_out
     assert training_step_flops(model, batch) == 2 * first + 3 * second
 
@@ -102,3 +104,17 @@ def test_the_matmul_peak_is_a_positive_rate(dtype):
 )  # fmt: skip
 def test_the_peak_is_taken_in_the_dtype_of_the_precision(precision, dtype):
     assert precision_dtype(precision) is dtype
+
+
+def test_a_gpt_step_counts_its_linear_layers_three_times_and_its_attention():
+    vocab, block, layers, heads, width, b = 11, 8, 2, 2, 16, 3
+    model = attached(GPT(vocab, block, layers, heads, width, dropout=0.0, position="rope"))
+    tokens = torch.randint(0, vocab, (b, block + 1))
+    # Per token, each weight matrix costs 2 FLOPs per entry forward and 4 backward (its gradient and its input's:
+    # every layer's input descends from the embedding), the 6N of Kaplan et al. 2020 (sec. 2.1) over the
+    # matrices: per block qkv (w x 3w), the projection (w x w), the MLP (w x 4w, 4w x w); then the tied head.
+    matrices = layers * (3 * width**2 + width**2 + 2 * 4 * width**2) + width * vocab
+    # Attention: Q K^T and softmax V forward (2 matmuls of 2*T*T*w FLOPs per sequence and layer over the heads),
+    # five backward (the scores recomputed, then the gradients of scores, V, Q, K).
+    attention = layers * (2 + 5) * 2 * b * block * block * width
+    assert training_step_flops(model, (tokens[:, :-1], tokens[:, 1:])) == 6 * b * block * matrices + attention
