@@ -3,7 +3,8 @@
 
     python scripts/benchmark.py MODEL [--epochs N | --steps N | --seconds S] [--data.root DIR]
                                       [--device cpu|cuda] [--json PATH] [--model-only-steps N]
-                                      [--save-checkpoint PATH] [--resume CKPT] [other fit.py flags]
+                                      [--save-checkpoint PATH] [--resume CKPT] [--peak-seconds S]
+                                      [--peak-size N] [other fit.py flags]
 
 The run is the one `scripts/fit.py --model MODEL` makes (configs/MODEL.yaml), with the budget, the
 device and any extra flag on top, no logger and no checkpoint. It is the only place where quality
@@ -26,25 +27,35 @@ names as its `benchmark_metric` (the Benchmarked contract), else the first test 
 (the SampleFID callback's `test/fid*`) comes before either. A run with a SolvedAt
 callback (configs/ppo.yaml) also reports when it solved its environment: solved_at_env_steps and
 solved_after_s (-1 when it never did). The contracts are in lightning_modules/protocols.py.
+
+FLOP/s, as nanoGPT's MFU line but measured on any device, the CPU included (scripts/flop_rate.py):
+`flops_per_step` is one training step's FLOPs (forward and backward of training_step's loss on a batch of the
+training split; matmul-like operations only, as torch's FlopCounterMode counts them), `achieved_flops_per_s` that
+times ThroughputMonitor's batches per second (`train/batches` / `train/time`), `peak_flops_per_s` the machine's
+matmul FLOP/s measured after training in this process (`--peak-size N` x N matmuls, 1024 by default, for
+`--peak-seconds S`, 2 by default) in the dtype of the precision in use, `peak_precision` ("fp32", "bf16", "fp16"
+or "fp64", from `--trainer.precision`), and `share_of_peak` achieved / peak. All five are None for a model with
+manual optimisation (PPO: no single step loss) and for data without a `batch()` helper (an environment).
 """
 
 import argparse
 import json
-import logging
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from argument_types import positive_float, positive_int
+from flop_rate import DTYPE_NAMES, barebones, matmul_peak_flops, precision_dtype, step_loss, training_step_flops
 from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.loggers import Logger
 
 from callbacks import SolvedAt
+from datamodules.batches import InMemoryDataModule
 from fit import ZooCLI, translate
 from lightning_modules.protocols import Benchmarked, CountsThroughput
 from zoo.errors import BAD_INPUT, report
@@ -81,27 +92,6 @@ def throughput_counter(model: L.LightningModule) -> tuple[Callable[[Any], int], 
     return lambda batch: len(batch[0]), "samples"
 
 
-@contextmanager
-def barebones(model: L.LightningModule) -> Iterator[None]:
-    """The model attached to a barebones Trainer, Lightning's raw-speed mode, in which `self.log` does nothing
-    (it warns once, silenced here) while `self.trainer` still answers (a model may read log_every_n_steps): so
-    training_step runs alone, without the loop's logging bookkeeping. Its own trainer is attached again after."""
-    trainer = model.trainer
-    lightning_log = logging.getLogger("lightning.pytorch")
-    level = lightning_log.level
-    lightning_log.setLevel(logging.WARNING)  # a barebones Trainer lists at length what it switches off
-    try:
-        model.trainer = L.Trainer(barebones=True, accelerator=trainer.accelerator, devices=1)
-    finally:
-        lightning_log.setLevel(level)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*self.log.* but `Trainer.barebones=True.` is configured.*")
-            yield
-    finally:
-        model.trainer = trainer
-
-
 def model_only_throughput(
     model: L.LightningModule, trainer: L.Trainer, datamodule: L.LightningDataModule, steps: int, warmup: int = 5
 ) -> float:
@@ -120,8 +110,7 @@ def model_only_throughput(
             if step == warmup:
                 sync()
                 started = time.perf_counter()
-            loss = model.training_step(batch, 0)
-            loss = loss["loss"] if isinstance(loss, dict) else loss
+            loss = step_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -149,6 +138,20 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         type=int,
         metavar="N",
         help="also time N training steps of the model alone on one pre-loaded batch (is the run data-bound?)",
+    )
+    parser.add_argument(
+        "--peak-seconds",
+        type=positive_float,
+        default=2.0,
+        metavar="S",
+        help="time the machine's peak matmul FLOP/s for this long (default 2.0)",
+    )
+    parser.add_argument(
+        "--peak-size",
+        type=positive_int,
+        default=1024,
+        metavar="N",
+        help="the peak's matmuls are N x N (default 1024)",
     )
     options, extra = parser.parse_known_args(argv)
     if options.model_only_steps is not None and options.model_only_steps < 1:
@@ -213,30 +216,75 @@ def run(options: argparse.Namespace, extra: list[str]) -> dict:
         "value": results.get(metric),
     }
     row.update({key(k).removeprefix("test_"): v for k, v in results.items() if k != metric})
-    if "train/device/mfu" in logged.metrics:  # with a model that states its flops_per_batch
-        row["mfu"] = logged.metrics["train/device/mfu"]
     for solved in (c for c in trainer.callbacks if isinstance(c, SolvedAt) and c.threshold is not None):
         row["solved_at_env_steps"] = solved.env_steps or -1
         row["solved_after_s"] = round(solved.seconds, 2) if solved.seconds else -1
+    back_on_the_run_device(model, trainer)
     if options.model_only_steps:
         alone = model_only_throughput(model, trainer, cli.datamodule, options.model_only_steps)
         row["model_only_per_s"] = round(alone, 1)
         row["epoch_to_model_only_ratio"] = round(row["samples_per_s"] / alone, 3) if row["samples_per_s"] else None
+    batches = logged.metrics.get("train/batches")
+    row.update(flop_rates(model, trainer, cli.datamodule, batches / timed if batches and timed else None, options))
     return row
+
+
+def back_on_the_run_device(model: L.LightningModule, trainer: L.Trainer) -> None:
+    """The model and its optimisers' state back on the run's device, where the trainer's teardown took them off
+    (to the CPU): the measurements after training run where training ran. An optimiser's load_state_dict puts
+    each state tensor on its parameter's device."""
+    model.to(trainer.strategy.root_device)
+    for optimizer in trainer.optimizers:
+        optimizer.load_state_dict(optimizer.state_dict())
+
+
+def flop_rates(
+    model: L.LightningModule,
+    trainer: L.Trainer,
+    datamodule: L.LightningDataModule,
+    batches_per_s: float | None,
+    options: argparse.Namespace,
+) -> dict[str, Any]:
+    """The row's FLOP/s fields: one training step's FLOPs on a batch of the training split, the run's FLOP/s (those
+    times ThroughputMonitor's batches per second) and the machine's peak for the precision in use, measured now on
+    the run's device. All None for a model without a single step loss (manual optimisation) or data without
+    `batch()` (an environment)."""
+    fields = ("flops_per_step", "achieved_flops_per_s", "peak_flops_per_s", "peak_precision", "share_of_peak")
+    if not model.automatic_optimization or not isinstance(datamodule, InMemoryDataModule):
+        return dict.fromkeys(fields)
+    flops = training_step_flops(model, datamodule.batch("train", device=model.device))
+    dtype = precision_dtype(trainer.precision)
+    peak = matmul_peak_flops(dtype, options.peak_size, options.peak_seconds, model.device)
+    achieved = flops * batches_per_s if batches_per_s else None
+    share = achieved / peak if achieved else None
+    return dict(zip(fields, (flops, achieved, peak, DTYPE_NAMES[dtype], share), strict=True))
 
 
 def table_row(row: dict) -> str:
     value = f"{row['value']:.4f}" if isinstance(row["value"], float) else str(row["value"])
-    header = f"| model | dataset | params | epochs | seconds | {row['throughput_unit']}/s | {row['metric']} |"
+    unit = row["throughput_unit"]
+    header = f"| model | dataset | params | epochs | seconds | {unit}/s | GFLOP/s | share of peak | {row['metric']} |"
     cells = [row["model"], row["dataset"], f"{row['params']:,}", row["epochs"], row["seconds"]]
-    cells += [f"{row['samples_per_s']:,.0f}" if row["samples_per_s"] else "-", value]
-    return header + "\n|---|---|---|---|---|---|---|\n| " + " | ".join(map(str, cells)) + " |"
+    cells += [f"{row['samples_per_s']:,.0f}" if row["samples_per_s"] else "-"]
+    achieved, share = row["achieved_flops_per_s"], row["share_of_peak"]
+    cells += [
+        f"{achieved / 1e9:,.2f}" if achieved else "-",
+        f"{share:.1%} of {row['peak_precision']}" if share else "-",
+    ]
+    return header + "\n" + "|---" * len(cells + [value]) + "|\n| " + " | ".join(map(str, [*cells, value])) + " |"
+
+
+def shown_value(value: Any) -> str:
+    """A float to 4 decimals, or to 4 significant digits when large (a peak of 5.871e+10 FLOP/s)."""
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 1e6 else f"{value:.4f}"
+    return str(value)
 
 
 def main(argv: list[str] | None = None) -> int:
     options, extra = parse(sys.argv[1:] if argv is None else argv)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*define a `flops_per_batch` attribute.*")  # FLOPs are optional
+    warnings.filterwarnings("ignore", ".*define a `flops_per_batch` attribute.*")  # counted here, not by the monitor
     torch.set_float32_matmul_precision("high")
     try:
         row = run(options, extra)
@@ -244,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         return report("benchmark.py", error)
     print(table_row(row))
     shown = ("model", "dataset", "params", "epochs", "seconds", "samples_per_s", "throughput_unit", "metric", "value")
+    shown += ("achieved_flops_per_s", "share_of_peak")
     extras = {k: v for k, v in row.items() if k not in shown}
-    print("  " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in extras.items()))
+    print("  " + ", ".join(f"{k}={shown_value(v)}" for k, v in extras.items()))
     if options.json:
         with open(options.json, "w") as file:
             json.dump(row, file, indent=2)

@@ -3,6 +3,10 @@
 
 import json
 
+import pytest
+
+from conftest import one_error_line
+
 
 def test_benchmark_writes_one_row_with_the_model_only_throughput(data_root, tmp_path, script_in_process):
     out = tmp_path / "row.json"
@@ -10,6 +14,7 @@ def test_benchmark_writes_one_row_with_the_model_only_throughput(data_root, tmp_
     result = script_in_process(
         "benchmark", "vae", "--steps", "3", "--data.root", str(data_root), "--data.batch_size", "16",
         "--model-only-steps", "3", "--json", str(out), "--model.iwae_samples", "10",
+        "--peak-seconds", "0.1", "--peak-size", "64",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     row = json.loads(out.read_text())
@@ -26,6 +31,13 @@ def test_benchmark_writes_one_row_with_the_model_only_throughput(data_root, tmp_
     assert abs(ratio - full / alone) <= ratio * (0.05 / full + 0.05 / alone) + 0.0005
     assert not list(tmp_path.glob("**/*.ckpt"))
     assert not list(tmp_path.glob("**/*.png"))  # no logger, so the image callbacks write nothing
+    # One step's FLOPs on 16 images: each linear layer's matmul forward (2 * 16 * inputs * outputs), its weight
+    # gradient and the gradient of its input, except the first layer's (the images need none). Integers: exact.
+    layers = [(784, 400), (400, 20), (400, 20), (20, 400), (400, 784)]
+    assert row["flops_per_step"] == sum(3 * 2 * 16 * n * m for n, m in layers) - 2 * 16 * 784 * 400
+    assert row["peak_precision"] == "fp32" and row["peak_flops_per_s"] > 0 and row["achieved_flops_per_s"] > 0
+    assert row["share_of_peak"] == row["achieved_flops_per_s"] / row["peak_flops_per_s"]
+    assert "| GFLOP/s | share of peak |" in result.stdout and " of fp32 |" in result.stdout
 
 
 def test_resume_continues_from_a_saved_checkpoint(data_root, tmp_path, script_in_process):
@@ -52,3 +64,12 @@ def test_ppo_row_counts_env_steps_and_reports_when_it_solved(tmp_path, script_in
     # configs/ppo.yaml's SolvedAt callback: one rollout of 4 x 16 steps cannot reach CartPole's 475.
     assert row["solved_at_env_steps"] == -1 and row["solved_after_s"] == -1
     assert "| ppo | gymnasium |" in result.stdout and "env_steps/s" in result.stdout
+    # Manual optimisation: no single step loss whose FLOPs could be counted.
+    flops = ("flops_per_step", "achieved_flops_per_s", "peak_flops_per_s", "peak_precision", "share_of_peak")
+    assert all(row[k] is None for k in flops)
+
+
+@pytest.mark.parametrize("flag, value", [("--peak-seconds", "0"), ("--peak-size", "-1"), ("--peak-size", "two")])
+def test_a_peak_flag_that_cannot_be_right_is_refused_in_one_line(flag, value, script_in_process):
+    line = one_error_line(script_in_process("benchmark", "vae", flag, value))
+    assert f"argument {flag}:" in line and value in line
