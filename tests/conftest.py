@@ -251,3 +251,13 @@ def lenet_checkpoint(tmp_path: Path) -> Path:
     trainer.strategy.connect(model)
     trainer.save_checkpoint(tmp_path / "lenet5.ckpt")
     return tmp_path / "lenet5.ckpt"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def fp32_unless_chosen():
+    """Runs in this process train in fp32 on every machine, as if its CPU had no native bf16: the tests' exact
+    figures and tolerances are fp32's. Session-wide, so that module-wide fixtures' runs are fp32 too;
+    tests/test_precision.py chooses the CPU's flags itself."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("zoo.precision.cpu_bf16_flags", lambda cpuinfo=None: [])
+        yield

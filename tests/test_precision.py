@@ -11,6 +11,8 @@ CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx2 {extra}\nbogomips\t: 4000\n"
 
 
 def test_native_bf16_is_read_from_the_cpu_flags():
+    # The function itself, not conftest's stand-in for it.
+    assert cpu_bf16_flags.__module__ == "zoo.precision"
     assert cpu_bf16_flags(CPUINFO.format(extra="avx512f avx512_bf16 amx_bf16")) == ["avx512_bf16", "amx_bf16"]
     assert cpu_bf16_flags(CPUINFO.format(extra="avx512f")) == []
 
