@@ -203,3 +203,22 @@ def test_backbone_option_on_the_command_line_and_its_checkpoint(data_root, tmp_p
     errors = [line for line in typo.stderr.splitlines() if line.strip()]
     assert typo.returncode == 2 and len(errors) == 1, typo.stderr[-2000:]
     assert errors[0].startswith("fit.py: error: --model.backbone.init_args.dept: Option 'dept' is not accepted")
+
+
+def test_channels_last_keeps_the_logits_and_the_checkpoint():
+    torch.manual_seed(0)
+    plain = ImageClassifier(partial(ResNet, depth=8), image_shape=(1, 28, 28), num_classes=10).eval()
+    nhwc = ImageClassifier(partial(ResNet, depth=8), image_shape=(1, 28, 28), num_classes=10, channels_last=True)
+    nhwc.load_state_dict(plain.state_dict())
+    nhwc.eval()
+    kernel = next(p for p in nhwc.parameters() if p.dim() == 4)
+    assert kernel.is_contiguous(memory_format=torch.channels_last)
+    images = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        # The same sums in another memory order: oneDNN may add a kernel's products in another order, so the
+        # logits agree to float32 rounding of sums of a few hundred terms (relative 1e-4 covers it with room).
+        torch.testing.assert_close(nhwc(images), plain(images), rtol=1e-4, atol=1e-5)
+    # Its weights load into a plain model: the memory order is not part of the state.
+    ImageClassifier(partial(ResNet, depth=8), image_shape=(1, 28, 28), num_classes=10).load_state_dict(
+        nhwc.state_dict()
+    )

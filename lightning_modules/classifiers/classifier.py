@@ -57,6 +57,8 @@ class ImageClassifier(L.LightningModule):
         mixup_alpha: float = 0.0,
         orthogonal_pattern: str | None = None,
         orthogonal_map: Literal["cayley", "matrix_exp", "householder"] = "cayley",
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -82,6 +84,10 @@ class ImageClassifier(L.LightningModule):
                 OrthonormalProjection callback. None: off.
             orthogonal_map: how the parametrization maps its free parameters to an orthogonal matrix; the
                 Cayley map is ten times faster than the others on a CPU for a 256x784 layer.
+            channels_last: keep the backbone's kernels and its input images in channels-last memory order (NHWC),
+                which oneDNN's and cuDNN's convolutions prefer (ResNet-20 on the CPU: 1.17x in fp32, 1.09x in
+                bf16; a U-Net with GroupNorm loses in bf16, so it is a flag, not a rule).
+            compile: compile the backbone in place (torch.compile); its state_dict keys stay the plain ones.
         """
         super().__init__()
         if image_shape is None or num_classes is None:
@@ -96,6 +102,10 @@ class ImageClassifier(L.LightningModule):
         self.backbone = backbone(tuple(image_shape), num_classes)
         if orthogonal_pattern is not None:
             self.parametrize_orthogonal(orthogonal_pattern, orthogonal_map)
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        if compile:
+            self.backbone.compile()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
@@ -124,6 +134,8 @@ class ImageClassifier(L.LightningModule):
             )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.backbone(images)
 
     def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
