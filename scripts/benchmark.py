@@ -285,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     options, extra = parse(sys.argv[1:] if argv is None else argv)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*define a `flops_per_batch` attribute.*")  # counted here, not by the monitor
+    warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")  # inside Lightning, not the run
     torch.set_float32_matmul_precision("high")
     try:
         row = run(options, extra)

@@ -374,6 +374,8 @@ def main(argv: list[str] | None = None, short_form: bool = False, cli_class: typ
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LightningCLI's args parameter.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")
+    # Mixed precision keeps the weights in fp32, so the summary's fp32 size is the right one.
+    warnings.filterwarnings("ignore", ".*Precision bf16-mixed is not supported by the model summary.*")
     try:
         subcommand, rest = split_subcommand(argv, short_form)
         model_name, args = translate(rest)
