@@ -32,8 +32,8 @@ FLOP/s, as nanoGPT's MFU line but measured on any device, the CPU included (scri
 `flops_per_step` is one training step's FLOPs (forward and backward of training_step's loss on a batch of the
 training split; matmul-like operations only, as torch's FlopCounterMode counts them), `achieved_flops_per_s` that
 times ThroughputMonitor's batches per second (`train/batches` / `train/time`), `peak_flops_per_s` the machine's
-matmul FLOP/s measured after training in this process (`--peak-size N` x N matmuls, 1024 by default, for
-`--peak-seconds S`, 2 by default) in the dtype of the precision in use, `peak_precision` ("fp32", "bf16", "fp16"
+matmul FLOP/s, the larger of two measurements in this process, before and after training (`--peak-size N` x N
+matmuls, 1024 by default, for `--peak-seconds S`, 2 by default) in the dtype of the precision in use, `peak_precision` ("fp32", "bf16", "fp16"
 or "fp64", from `--trainer.precision`), and `share_of_peak` achieved / peak. All five are None for a model with
 manual optimisation (PPO: no single step loss) and for data without a `batch()` helper (an environment).
 """
@@ -190,6 +190,11 @@ def run(options: argparse.Namespace, extra: list[str]) -> dict:
     trainer.logger = logged = LastMetrics()
     if options.steps is not None:  # a short run still logs (and so measures) at least once, at its last step
         trainer.log_every_n_steps = min(trainer.log_every_n_steps, options.steps)
+    # The peak is timed before training as well as after it: on shared cores one window may catch a busy moment,
+    # and the larger of the two is the nearer to the machine's (a share of peak is then not inflated by it).
+    peak_before = matmul_peak_flops(
+        precision_dtype(trainer.precision), options.peak_size, options.peak_seconds, trainer.strategy.root_device
+    )
     started = time.perf_counter()
     trainer.fit(model, datamodule=cli.datamodule, ckpt_path=options.resume)
     seconds = time.perf_counter() - started
@@ -225,7 +230,8 @@ def run(options: argparse.Namespace, extra: list[str]) -> dict:
         row["model_only_per_s"] = round(alone, 1)
         row["epoch_to_model_only_ratio"] = round(row["samples_per_s"] / alone, 3) if row["samples_per_s"] else None
     batches = logged.metrics.get("train/batches")
-    row.update(flop_rates(model, trainer, cli.datamodule, batches / timed if batches and timed else None, options))
+    batches_per_s = batches / timed if batches and timed else None
+    row.update(flop_rates(model, trainer, cli.datamodule, batches_per_s, options, peak_before))
     return row
 
 
@@ -244,17 +250,18 @@ def flop_rates(
     datamodule: L.LightningDataModule,
     batches_per_s: float | None,
     options: argparse.Namespace,
+    peak_before: float = 0.0,
 ) -> dict[str, Any]:
     """The row's FLOP/s fields: one training step's FLOPs on a batch of the training split, the run's FLOP/s (those
     times ThroughputMonitor's batches per second) and the machine's peak for the precision in use, measured now on
-    the run's device. All None for a model without a single step loss (manual optimisation) or data without
+    the run's device (the larger of that and `peak_before`, timed before training). All None for a model without a single step loss (manual optimisation) or data without
     `batch()` (an environment)."""
     fields = ("flops_per_step", "achieved_flops_per_s", "peak_flops_per_s", "peak_precision", "share_of_peak")
     if not model.automatic_optimization or not isinstance(datamodule, InMemoryDataModule):
         return dict.fromkeys(fields)
     flops = training_step_flops(model, datamodule.batch("train", device=model.device))
     dtype = precision_dtype(trainer.precision)
-    peak = matmul_peak_flops(dtype, options.peak_size, options.peak_seconds, model.device)
+    peak = max(peak_before, matmul_peak_flops(dtype, options.peak_size, options.peak_seconds, model.device))
     achieved = flops * batches_per_s if batches_per_s else None
     share = achieved / peak if achieved else None
     return dict(zip(fields, (flops, achieved, peak, DTYPE_NAMES[dtype], share), strict=True))
