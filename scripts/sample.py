@@ -3,13 +3,14 @@
 
     python scripts/sample.py --ckpt PATH --prompt "Winston" [--max_new_tokens 500] [--temperature 0.8] [--top_k K]
     python scripts/sample.py --ckpt PATH --n 64 --out grid.png [--sampler ddim --steps 50 --eta 0]
+    python scripts/sample.py --ckpt PATH --n 64 --out grid.png --steps 18 --guidance 2 --label 3
     python scripts/sample.py --ckpt PATH --n 8 --inpaint box|random|grid --out inpainted.png
     python scripts/sample.py --ckpt PATH --n 8 --invert --steps 100 --out inverted.png
 
 A model with `generate` (a language model) continues the prompt and prints the text; the vocabulary is
 read from the checkpoint, so no data file is needed. A model with `sample(n)` (VAE, diffusion, ...) draws
-n images in [0, 1] and saves them as one grid PNG; `--sampler`, `--steps` and `--eta` go to `sample` when
-given (diffusion models). `--inpaint MASK` and `--invert` take the first n test images of the data the model
+n images in [0, 1] and saves them as one grid PNG; `--sampler`, `--steps`, `--eta`, `--guidance` and `--label`
+go to `sample` when given and the model's `sample` takes them (diffusion models). `--inpaint MASK` and `--invert` take the first n test images of the data the model
 was trained on (`--data.root` if they moved): the first writes rows of originals, masked inputs and
 completions (`inpaint(x, mask)`), the second originals, noise latents (when the codes are images, as a
 diffusion model's are) and regenerations (`encode`, `decode`) and prints the reconstruction error.
@@ -49,6 +50,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     images.add_argument("--sampler", help="diffusion sampler: ddpm (all T steps) or ddim")
     images.add_argument("--steps", type=positive_int, help="diffusion sampling, inpainting or inversion steps")
     images.add_argument("--eta", type=float, help="DDIM stochasticity: 0 deterministic, 1 ancestral")
+    images.add_argument(
+        "--guidance", type=float, help="classifier-free guidance weight: 1 plain conditional, 0 unconditional"
+    )
+    images.add_argument("--label", type=int, help="the class of every image (class-conditional models)")
     images.add_argument("--inpaint", choices=sorted(MASKS), help="complete test images hidden by this mask")
     images.add_argument(
         "--resample", type=positive_int, default=1, help="RePaint resampling rounds per inpainting step"
@@ -106,7 +111,7 @@ def options_taken(method, names: tuple[str, ...], options: argparse.Namespace) -
 
 
 def sampler_arguments(model, options: argparse.Namespace) -> dict:
-    return options_taken(model.sample, ("sampler", "steps", "eta"), options)
+    return options_taken(model.sample, ("sampler", "steps", "eta", "guidance", "label"), options)
 
 
 def sample_images(model, options: argparse.Namespace) -> str:

@@ -14,6 +14,7 @@ import sample
 import torch
 from PIL import Image
 from test_ddpm import TINY_FLAGS as TINY_DDPM
+from test_edm import TINY_FLAGS as TINY_EDM
 from test_sample import QUIET, TINY_GPT
 
 from conftest import SAMPLE_TEXT, fit_in_process_at, one_error_line, script_in_process_at
@@ -33,6 +34,7 @@ TINY = {
     # The config's EMA, without its sample grid and inversion error (whose 64 inversions take seconds).
     "ddpm": (*SMALL_BATCH, *TINY_DDPM, "--model.inversion_steps", "1", "--model.sample_steps", "2",
              "--trainer.callbacks", EMA_ONLY),
+    "edm": (*SMALL_BATCH, *TINY_EDM, "--trainer.callbacks", EMA_ONLY),
     "gpt": TINY_GPT,
     "gpt_shakespeare_cpu": (*TINY_GPT, "--data.path", "text/1984.txt"),  # the tiny root holds one text
     "hybrid_vit": (*SMALL_BATCH, "--model.backbone.depth", "1"),
