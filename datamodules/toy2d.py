@@ -8,7 +8,12 @@ import torch
 from datamodules.batches import InMemoryDataModule, TensorBatches
 from datamodules.sources import check_loader_options
 
-ToyName = Literal["moons", "swiss_roll", "8gaussians", "checkerboard", "rings"]
+ToyName = Literal["moons", "swiss_roll", "8gaussians", "checkerboard", "rings", "two_gaussians"]
+# "two_gaussians": the unequal mixture of Song & Ermon (2019, Fig. 2), 4/5 N((5, 5), I) + 1/5 N((-5, -5), I), halved
+# to fit the other distributions' square: weight 0.8 at (2.5, 2.5), 0.2 at (-2.5, -2.5), standard deviation 0.5.
+TWO_GAUSSIANS_MEANS = ((2.5, 2.5), (-2.5, -2.5))
+TWO_GAUSSIANS_WEIGHTS = (0.8, 0.2)
+TWO_GAUSSIANS_STD = 0.5
 
 
 def sample_toy2d(name: ToyName, n: int, generator: torch.Generator, noise: float | None = None):
@@ -42,6 +47,9 @@ def sample_toy2d(name: ToyName, n: int, generator: torch.Generator, noise: float
         radius = (label + 1).float()
         x = radius[:, None] * torch.stack([torch.cos(angle), torch.sin(angle)], 1)
         std = 0.08 if noise is None else noise
+    elif name == "two_gaussians":
+        label = (rand(n) >= TWO_GAUSSIANS_WEIGHTS[0]).long()
+        x, std = torch.tensor(TWO_GAUSSIANS_MEANS)[label], TWO_GAUSSIANS_STD if noise is None else noise
     else:
         raise ValueError(f"unknown toy distribution {name!r}; choose one of {', '.join(ToyName.__args__)}")
     return (x + std * randn(n, 2)).float(), label
@@ -66,7 +74,7 @@ class Toy2DDataModule(InMemoryDataModule):
     ) -> None:
         """
         Args:
-            name: moons, swiss_roll, 8gaussians, checkerboard or rings.
+            name: moons, swiss_roll, 8gaussians, checkerboard, rings or two_gaussians (the 0.8 / 0.2 mixture).
             n_train: training points (one epoch).
             n_val: validation points.
             n_test: test points.

@@ -36,6 +36,9 @@ TINY = {
              "--trainer.callbacks", EMA_ONLY),
     "edm": (*SMALL_BATCH, *TINY_EDM, "--trainer.callbacks", EMA_ONLY),
     "gpt": TINY_GPT,
+    # Two noise levels of two Langevin steps: sample.py's draws take 4 network evaluations, not 400 or 2000.
+    "ncsn": (*SMALL_BATCH, "--model.num_levels", "2", "--model.steps_per_level", "2", "--trainer.callbacks", EMA_ONLY),
+    "ncsn_toy": ("--model.num_levels", "2", "--model.steps_per_level", "2"),
     "gpt_shakespeare_cpu": (*TINY_GPT, "--data.path", "text/1984.txt"),  # the tiny root holds one text
     "hybrid_vit": (*SMALL_BATCH, "--model.backbone.depth", "1"),
     "pixel_attention": (*SMALL_BATCH, "--model.backbone.depth", "1"),

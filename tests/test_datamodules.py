@@ -227,7 +227,7 @@ def test_text_falls_back_to_stdlib_but_not_for_an_explicit_path(empty_root, tmp_
         TextDataModule(root=str(empty_root), fallback=False).vocab  # noqa: B018
 
 
-@pytest.mark.parametrize("name", ["moons", "swiss_roll", "8gaussians", "checkerboard", "rings"])
+@pytest.mark.parametrize("name", ["moons", "swiss_roll", "8gaussians", "checkerboard", "rings", "two_gaussians"])
 def test_toy2d(name):
     a = ready(Toy2DDataModule(name=name, n_train=500, batch_size=100))
     b = ready(Toy2DDataModule(name=name, n_train=500, batch_size=100))
