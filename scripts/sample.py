@@ -25,6 +25,7 @@ import torch
 from argument_types import device, output_file, positive_int
 from torchvision.utils import save_image
 
+from callbacks.sample_grid import scatter_figure
 from lightning_modules.checkpoint import load_datamodule, load_model, read_checkpoint
 from lightning_modules.masks import MASKS
 from lightning_modules.protocols import Encodes, GeneratesText, Inpaints, Samples, missing, require
@@ -117,8 +118,13 @@ def sampler_arguments(model, options: argparse.Namespace) -> dict:
 def sample_images(model, options: argparse.Namespace) -> str:
     torch.manual_seed(options.seed)
     with torch.no_grad():
-        images = model.sample(options.n, **sampler_arguments(model, options)).float().clamp(0, 1).cpu()
-    save_image(images, options.out, nrow=math.ceil(math.sqrt(options.n)))
+        samples = model.sample(options.n, **sampler_arguments(model, options)).float().cpu()
+    if samples.dim() == 2:  # points (a toy 2-D model): a scatter plot, not an image grid
+        if samples.shape[1] != 2:
+            raise ValueError(f"{type(model).__name__} samples {samples.shape[1]}-D points; only 2-D ones can be drawn")
+        scatter_figure(samples, None, f"{options.n} samples of {type(model).__name__}").savefig(options.out)
+    else:
+        save_image(samples.clamp(0, 1), options.out, nrow=math.ceil(math.sqrt(options.n)))
     return f"{options.n} samples of {type(model).__name__} written to {options.out}"
 
 
