@@ -19,7 +19,8 @@ from test_sample import QUIET, TINY_GPT
 
 from conftest import SAMPLE_TEXT, fit_in_process_at, one_error_line, script_in_process_at
 from lightning_modules.checkpoint import load_datamodule, load_model, read_checkpoint
-from lightning_modules.diffusion.ddpm import DDPM
+from lightning_modules.classifiers.classifier import ImageClassifier
+from lightning_modules.language.gpt import GPT
 from lightning_modules.protocols import Encodes, GeneratesText, Samples, missing
 from lightning_modules.registry import import_class, model_class, model_names, read_config
 
@@ -238,14 +239,15 @@ def trained_batches(checkpoint: dict) -> int:
     return checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]
 
 
-# A model class with a `compile` flag, by its first registered name; DDPM's compiled checkpoint is tests/test_ddpm.py's.
-COMPILED = sorted(
-    {
-        model_class(n): n
-        for n in reversed(model_names())
-        if "compile" in inspect.signature(model_class(n)).parameters and model_class(n) is not DDPM
-    }.values()
-)
+# For each model class with a `compile` flag whose forward takes plain inputs: the compiled network's attribute and
+# an input for the model's forward. DDPM's compiled checkpoint is tests/test_ddpm.py's; the score models'
+# compiled denoisers are the same U-Net.
+COMPILED_INPUTS = {
+    GPT: ("transformer", lambda model: torch.randint(0, model.hparams.vocab_size, (2, 16), generator=SEEDED())),
+    ImageClassifier: ("backbone", lambda model: torch.rand(2, *model.hparams.image_shape, generator=SEEDED())),
+}
+SEEDED = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+COMPILED = sorted({model_class(n): n for n in reversed(model_names()) if model_class(n) in COMPILED_INPUTS}.values())
 
 
 @pytest.mark.slow  # torch.compile on CPU: about a minute for the training, validation and test shapes
@@ -253,14 +255,16 @@ COMPILED = sorted(
 def test_compiled_checkpoint_loads_with_the_same_outputs(name: str, module_data_root: Path, tmp_path: Path) -> None:
     run = Fitted(name, module_data_root, tmp_path, "--model.compile", "true")
     assert not [key for key in read_checkpoint(run.ckpt)["state_dict"] if "_orig_mod" in key]  # the plain keys
-    model = load_model(run.ckpt)
+    model = load_model(run.ckpt).eval()
     assert model.hparams.compile
-    tokens = torch.randint(0, model.hparams.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    attribute, make_input = COMPILED_INPUTS[type(model)]
+    network, inputs = getattr(model, attribute), make_input(model)
     with torch.no_grad():
-        # The loaded transformer compiled in place (its call goes through torch.compile) against the same weights
+        # The loaded network compiled in place (its call goes through torch.compile) against the same weights
         # run eagerly: the module's own forward, which the compiled call wraps.
-        assert model.transformer._compiled_call_impl is not None
-        fast, slow = model(tokens), model.transformer.forward(tokens)
+        assert network._compiled_call_impl is not None
+        fast, slow = model(inputs), network.forward(inputs)
     # The compiled kernels fuse and reorder float32 operations: agreement to the float32 rounding of sums of a
-    # few dozen products (~1e-7 relative each), well inside rtol 1e-4 / atol 1e-5 on logits of order 1.
+    # few dozen to a few hundred products (~1e-7 relative each), well inside rtol 1e-4 / atol 1e-5 on logits of
+    # order 1.
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
