@@ -14,6 +14,7 @@ from torch import nn
 
 from lightning_modules.blocks.mlp_denoiser import MLPDenoiser
 from lightning_modules.blocks.unet import MultiHeadUNet, UNet
+from lightning_modules.diffusion.denoising import DenoisingModel, sampler_scores
 from lightning_modules.diffusion.gaussian_diffusion import (
     NoiseSchedule,
     ddim_invert,
@@ -23,7 +24,6 @@ from lightning_modules.diffusion.gaussian_diffusion import (
     eps_from_v,
     inpaint,
 )
-from lightning_modules.metrics import ClassifierFID, fid_of_samples, real_set_key, reconstruction_mse
 from lightning_modules.optim import WarmupDecay, warmup_decay
 
 # A denoiser class with its options bound: called with the data's channels (or point dimension) and the number
@@ -43,15 +43,11 @@ def parse_sampler(spec: str) -> dict[str, object]:
     raise ValueError(f"sampler {spec!r} unknown; write ddpm or ddimN, e.g. ddim50")
 
 
-class DDPM(L.LightningModule):
+class DDPM(DenoisingModel):
     """Denoising diffusion probabilistic model with DDIM sampling and inversion.
 
     Methods: `sample(n)`, `encode(x)` (DDIM inversion) and `decode(z)`, `inpaint(x, mask)`,
     `evaluate(datamodule)`."""
-
-    throughput_unit = "samples"
-    # The figure of scripts/benchmark.py; the FID of the samples is logged by the SampleFID callback when it is on.
-    benchmark_metric = "test/loss"
 
     def __init__(
         self,
@@ -157,24 +153,6 @@ class DDPM(L.LightningModule):
         prediction = self.denoiser(x_t, t, y)
         return denoising_loss(prediction, x0, noise, self.schedule.alpha_bar[t], self.hparams.prediction)
 
-    def count_throughput(self, batch) -> int:
-        return len(batch[0])
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def fixed_generator(self, batch_idx: int) -> torch.Generator:
-        """Evaluation draws its timesteps and noise from the batch index: the same every epoch and run."""
-        return torch.Generator(device=self.device).manual_seed(batch_idx)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self.log("val/loss", self.loss(batch, self.fixed_generator(batch_idx)), prog_bar=True, sync_dist=True)
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self.log("test/loss", self.loss(batch, self.fixed_generator(batch_idx)), sync_dist=True)
-
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
         return warmup_decay(optimizer, WarmupDecay("constant", warmup_steps=self.hparams.warmup_steps))
@@ -259,17 +237,6 @@ class DDPM(L.LightningModule):
         list of ddpm / ddimN) against the test split of `datamodule`, and the DDIM inversion error (mean squared,
         in [0, 1] pixel units) of its first 64 test images. Without a classifier (`--fid_classifier CKPT`, from
         scripts/fit.py --model lenet5) the FID is left out."""
-        if datamodule is None or not callable(getattr(datamodule, "batch", None)):
-            raise ValueError("DDPM's evaluation needs the image DataModule it was trained on; pass the checkpoint's")
         specs = [spec.strip() for spec in samplers.split(",") if spec.strip()]
         sample_args = {spec: parse_sampler(spec) for spec in specs}
-        real = datamodule.batch("test")[0]
-        scores = {}
-        if fid_classifier:
-            fid = ClassifierFID(fid_classifier, device=self.device)
-            fid.set_real(real, cache_key=real_set_key(real))
-            scores = {
-                f"fid_{spec}": fid_of_samples(self, fid, samples, args, seed) for spec, args in sample_args.items()
-            }
-        scores["inversion_mse"] = reconstruction_mse(self, real[:64].to(self.device))
-        return scores
+        return sampler_scores(self, datamodule, sample_args, fid_classifier, samples, seed)

@@ -13,9 +13,9 @@ from jsonargparse.typing import PositiveInt
 from torch import Tensor, nn
 
 from lightning_modules.blocks.unet import UNet
-from lightning_modules.diffusion.ddpm import DDPM, DenoiserFactory
+from lightning_modules.diffusion.ddpm import DenoiserFactory
+from lightning_modules.diffusion.denoising import DenoisingModel, sampler_scores
 from lightning_modules.diffusion.edm_sampling import Denoise, edm_sigmas, heun_sample, ode_encode, stochastic_sample
-from lightning_modules.metrics import ClassifierFID, fid_of_samples, real_set_key, reconstruction_mse
 from lightning_modules.optim import WarmupDecay, decay_groups, warmup_decay
 
 # The U-Net's sinusoidal time embedding has frequencies 1 to 1e-4, chosen for DDPM's timesteps 0..999. Table 1's
@@ -70,13 +70,10 @@ def parse_sampler(spec: str) -> dict[str, object]:
     return {"steps": int(match[1]), **({"guidance": float(match[2])} if match[2] else {})}
 
 
-class EDM(L.LightningModule):
+class EDM(DenoisingModel):
     """EDM with class conditioning and classifier-free guidance.
 
     Methods: `sample(n)`, `encode(x)` (probability-flow ODE to the noise) and `decode(z)`, `evaluate(datamodule)`."""
-
-    throughput_unit = "samples"
-    benchmark_metric = "test/loss"
 
     def __init__(
         self,
@@ -174,22 +171,6 @@ class EDM(L.LightningModule):
         noise = torch.randn(images.shape, device=images.device, generator=generator)
         return edm_loss(lambda x, s: self.denoiser(x, s, y), images, sigma, noise, self.hparams.sigma_data)
 
-    def count_throughput(self, batch) -> int:
-        return len(batch[0])
-
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        loss = self.loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    fixed_generator = DDPM.fixed_generator  # evaluation noise from the batch index: the same every epoch and run
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self.log("val/loss", self.loss(batch, self.fixed_generator(batch_idx)), prog_bar=True, sync_dist=True)
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self.log("test/loss", self.loss(batch, self.fixed_generator(batch_idx)), sync_dist=True)
-
     def configure_optimizers(self):
         h = self.hparams
         optimizer = torch.optim.AdamW(decay_groups(self.parameters(), h.weight_decay), lr=h.lr)
@@ -274,16 +255,5 @@ class EDM(L.LightningModule):
         """What scripts/evaluate.py prints: the classifier FID of `samples` samples per sampler (a comma-separated
         list of heunN / heunNwG) against the test split, and the ODE inversion error (mean squared, in [0, 1]
         pixel units) of its first 64 test images. Without `--fid_classifier CKPT` the FID is left out."""
-        if datamodule is None or not callable(getattr(datamodule, "batch", None)):
-            raise ValueError("EDM's evaluation needs the image DataModule it was trained on; pass the checkpoint's")
         sample_args = {spec: parse_sampler(spec) for spec in (s.strip() for s in samplers.split(",")) if spec}
-        real = datamodule.batch("test")[0]
-        scores = {}
-        if fid_classifier:
-            fid = ClassifierFID(fid_classifier, device=self.device)
-            fid.set_real(real, cache_key=real_set_key(real))
-            scores = {
-                f"fid_{spec}": fid_of_samples(self, fid, samples, args, seed) for spec, args in sample_args.items()
-            }
-        scores["inversion_mse"] = reconstruction_mse(self, real[:64].to(self.device))
-        return scores
+        return sampler_scores(self, datamodule, sample_args, fid_classifier, samples, seed)

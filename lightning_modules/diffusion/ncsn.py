@@ -7,7 +7,6 @@ back, nowhere else; toy 2-D points are modelled as they are."""
 import math
 from typing import Literal
 
-import lightning as L
 import torch
 from jsonargparse.typing import PositiveFloat, PositiveInt
 from torch import Tensor, nn
@@ -15,6 +14,7 @@ from torch import Tensor, nn
 from lightning_modules.blocks.mlp_denoiser import MLPDenoiser
 from lightning_modules.blocks.unet import UNet
 from lightning_modules.diffusion.ddpm import IMAGE_DENOISERS, MLP_PATH, DenoiserFactory
+from lightning_modules.diffusion.denoising import DenoisingModel
 from lightning_modules.diffusion.langevin import annealed_langevin, geometric_sigmas, langevin
 
 # The network's time input for the noise level sigma: its position between sigma_1 (0) and sigma_L (TIME_SCALE) in
@@ -56,11 +56,8 @@ def build_network(factory: DenoiserFactory | None, points: bool, width: int) -> 
     return network
 
 
-class NCSN(L.LightningModule):
+class NCSN(DenoisingModel):
     """Noise-conditional score network with annealed Langevin sampling. Methods: `sample(n)`."""
-
-    throughput_unit = "samples"
-    benchmark_metric = "test/loss"
 
     def __init__(
         self,
@@ -146,24 +143,6 @@ class NCSN(L.LightningModule):
         noise = torch.randn(x.shape, device=x.device, generator=generator)
         perturbed = x + sigma.view(-1, *[1] * (x.dim() - 1)) * noise
         return dsm_loss(self.score(perturbed, sigma), noise, sigma)
-
-    def count_throughput(self, batch) -> int:
-        return len(batch[0])
-
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        loss = self.loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def fixed_generator(self, batch_idx: int) -> torch.Generator:
-        """Evaluation draws its levels and noise from the batch index: the same every epoch and run."""
-        return torch.Generator(device=self.device).manual_seed(batch_idx)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self.log("val/loss", self.loss(batch, self.fixed_generator(batch_idx)), prog_bar=True, sync_dist=True)
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self.log("test/loss", self.loss(batch, self.fixed_generator(batch_idx)), sync_dist=True)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
