@@ -3,6 +3,7 @@ frozen VQ-VAE instead of on pixels. A sample is drawn by the same samplers in la
 and decoded to an image."""
 
 import contextvars
+import inspect
 import json
 from typing import Literal
 
@@ -53,7 +54,7 @@ def in_fresh_context(build, *args):
 def vqvae_arguments(model: VQVAE) -> dict:
     """The VQ-VAE's own init arguments, as its hyper-parameters hold them (without what a loader adds), as plain
     JSON values: a checkpoint loads with weights_only=True, which refuses the parser's int subclasses."""
-    names = VQVAE.__init__.__code__.co_varnames[1 : VQVAE.__init__.__code__.co_argcount]
+    names = [name for name in inspect.signature(VQVAE.__init__).parameters if name != "self"]
     return json.loads(json.dumps({name: model.hparams[name] for name in names if name in model.hparams}))
 
 
@@ -64,10 +65,10 @@ def on_latents(factory: DenoiserFactory, channels: int) -> DenoiserFactory:
 
 
 class LatentDiffusion(DDPM):
-    """DDPM over the pre-quantisation latents z_e(x) of a frozen VQ-VAE (with a VQ-regularised autoencoder Rombach
-    et al. diffuse before the quantisation layer and count it as part of the decoder, sec. 3 and app. G), scaled
-    by one factor to unit variance: the factor 1 / std(z_e) is measured over the training split at the start of
-    fit (Rombach et al. estimate it on the first batch) and kept in the checkpoint. Sampling runs DDPM's samplers on latent noise
+    """DDPM over the pre-quantisation latents z_e(x) of a frozen VQ-VAE (with a VQ-regularised autoencoder, Rombach
+    et al. diffuse before the quantisation layer and count it as part of the decoder), scaled by one factor to
+    unit variance: the factor 1 / std(z_e) is measured over the training split at the start of fit (Rombach et
+    al. estimate it on the first batch) and kept in the checkpoint. Sampling runs DDPM's samplers on latent noise
     and decodes with the VQ-VAE, quantising first unless `quantize_samples` is off; `encode`/`decode` are DDIM
     inversion and regeneration of the latent, so the Samples and Encodes contracts hold as for DDPM.
 
