@@ -261,3 +261,22 @@ def fp32_unless_chosen():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("zoo.precision.cpu_bf16_flags", lambda cpuinfo=None: [])
         yield
+
+
+@pytest.fixture(scope="session")
+def vqvae_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained VQ-VAE (the config's sizes, for 28x28 images) saved as fit.py saves one: what the latent
+    diffusion model's runs load as their frozen autoencoder (`--model.vqvae_checkpoint`)."""
+    import lightning as L
+
+    from lightning_modules.vq.vqvae import VQVAE
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = VQVAE(image_shape=(1, 28, 28))
+    model.hparams["_class_path"] = "lightning_modules.vq.vqvae.VQVAE"
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(model)
+    path = tmp_path_factory.mktemp("vqvae") / "vqvae.ckpt"
+    trainer.save_checkpoint(path)
+    return path

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from test_ddpm import TINY_FLAGS as TINY_DDPM
 from test_edm import TINY_FLAGS as TINY_EDM
+from test_ldm import TINY_FLAGS as TINY_LDM
 from test_sample import QUIET, TINY_GPT
 
 from conftest import SAMPLE_TEXT, fit_in_process_at, one_error_line, script_in_process_at
@@ -50,6 +51,8 @@ TINY = {
     "vit": (*SMALL_BATCH, "--model.backbone.depth", "1"),
     "ae": NO_PLOTS,
     "dae": NO_PLOTS,
+    "vqvae": NO_PLOTS,
+    "ldm": (*SMALL_BATCH, *TINY_LDM, "--trainer.callbacks", EMA_ONLY),
 }  # fmt: skip
 DRAWS_AT_TEST = {"dae", "vae"}  # test steps that draw random numbers (a corruption, z ~ q(z|x))
 IMAGE_SIDE = 28  # the tiny MNIST's
@@ -72,11 +75,17 @@ def fit_quietly(cwd: Path, *args: str):
         os.environ.update(saved)
 
 
+def prerequisites(name: str, vqvae_checkpoint: Path) -> tuple[str, ...]:
+    """The flags a model cannot run without: a latent model's autoencoder (conftest's untrained VQ-VAE)."""
+    takes = inspect.signature(model_class(name)).parameters
+    return ("--model.vqvae_checkpoint", str(vqvae_checkpoint)) if "vqvae_checkpoint" in takes else ()
+
+
 class Fitted:
     """One model's two-step run: its folder, its last.ckpt and the test metrics fit.py printed."""
 
-    def __init__(self, name: str, root: Path, cwd: Path, *extra: str) -> None:
-        self.name, self.root, self.cwd = name, root, cwd
+    def __init__(self, name: str, root: Path, cwd: Path, *extra: str, needs: tuple[str, ...] = ()) -> None:
+        self.name, self.root, self.cwd, self.needs = name, root, cwd, needs
         result = fit_quietly(cwd, *self.args(*extra))
         assert result.returncode == 0, result.stderr[-3000:]
         self.ckpt = cwd / "runs" / name / "version_0" / "checkpoints" / "last.ckpt"
@@ -84,7 +93,7 @@ class Fitted:
         self.test_metrics = figures(result.stdout)
 
     def args(self, *extra: str) -> tuple[str, ...]:
-        return ("--model", self.name, *self.root_flag(), *FIT, *tiny_flags(self.name), *extra)
+        return ("--model", self.name, *self.root_flag(), *FIT, *tiny_flags(self.name), *self.needs, *extra)
 
     def root_flag(self) -> list[str]:
         """`--data.root DIR` for data read from files; none for data that has no root (an environment)."""
@@ -93,13 +102,14 @@ class Fitted:
 
 
 @pytest.fixture(scope="module")
-def fitted(module_data_root: Path, tmp_path_factory: pytest.TempPathFactory):
+def fitted(module_data_root: Path, tmp_path_factory: pytest.TempPathFactory, vqvae_checkpoint: Path):
     """`fitted(name)`: the model's Fitted run, made on first use and shared by the module's tests."""
     runs: dict[str, Fitted] = {}
 
     def get(name: str) -> Fitted:
         if name not in runs:
-            runs[name] = Fitted(name, module_data_root, tmp_path_factory.mktemp(name))
+            needs = prerequisites(name, vqvae_checkpoint)
+            runs[name] = Fitted(name, module_data_root, tmp_path_factory.mktemp(name), needs=needs)
         return runs[name]
 
     return get
@@ -165,10 +175,12 @@ def test_invert_where_the_model_encodes(name: str, fitted, tmp_path: Path, capsy
     elif not missing(model, Encodes):
         assert code == 0, printed.err
         assert "reconstruction MSE" in printed.out
-        # Rows of originals, codes (shown only when they are images: a diffusion model's noise) and
-        # regenerations, 2 columns of 28-pixel images with 2-pixel padding around and between them.
+        # Rows of originals, codes (shown only when they are images: a pixel diffusion model's noise, not a grid
+        # of latent vectors) and regenerations, 2 columns of 28-pixel images with 2-pixel padding around and
+        # between them.
+        image = torch.rand(1, 1, IMAGE_SIDE, IMAGE_SIDE)
         with torch.no_grad():
-            codes_are_images = model.encode(torch.rand(1, 1, IMAGE_SIDE, IMAGE_SIDE)).dim() == 4
+            codes_are_images = model.encode(image).shape == image.shape
         rows = 3 if codes_are_images else 2
         assert Image.open(out).size == (2 * IMAGE_SIDE + 3 * 2, rows * IMAGE_SIDE + (rows + 1) * 2)
     else:

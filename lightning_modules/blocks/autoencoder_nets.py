@@ -1,6 +1,7 @@
-"""Encoder and decoder networks shared by the autoencoders (ae, dae) and the VAE: an MLP pair and a
-convolutional pair. They map images to a flat vector and a flat vector back to pixel logits; what the
-vector means (a code, or the parameters of q(z|x)) is the model's business."""
+"""Encoder and decoder networks shared by the autoencoders (ae, dae, vqvae) and the VAE: an MLP pair and a
+convolutional pair. They map images to a flat vector and a flat vector back to pixel logits, or (the
+convolutional pair with `spatial=True`, for the VQ-VAE) to a grid of vectors and back; what the vectors mean
+(a code, or the parameters of q(z|x)) is the model's business."""
 
 import math
 from collections.abc import Sequence
@@ -73,17 +74,24 @@ def conv_sizes(image_shape: Sequence[int], depth: int) -> list[tuple[int, int]]:
 
 
 class ConvEncoder(nn.Module):
-    """Strided convolutions halve the image `len(channels)` times, then a linear layer gives (B, out_dim)."""
+    """Strided convolutions halve the image `len(channels)` times, then a linear layer gives (B, out_dim); with
+    `spatial`, a 1x1 convolution gives a vector of out_dim per cell of the last feature map, (B, out_dim, h, w)."""
 
     def __init__(
-        self, image_shape: Sequence[int], channels: Sequence[int], out_dim: int, activation: str = "relu"
+        self,
+        image_shape: Sequence[int],
+        channels: Sequence[int],
+        out_dim: int,
+        activation: str = "relu",
+        spatial: bool = False,
     ) -> None:
         """
         Args:
             image_shape: (C, H, W) of the input images.
             channels: output channels of each stride-2 convolution, input side first.
-            out_dim: size of the output vector.
+            out_dim: size of the output vector (of each cell's vector with `spatial`).
             activation: the nonlinearity after each convolution (see lightning_modules.blocks.activations).
+            spatial: keep the feature map's grid (a 1x1 conv head) instead of flattening it (a linear head).
         """
         super().__init__()
         h, w = conv_sizes(image_shape, len(channels))[-1]
@@ -95,25 +103,37 @@ class ConvEncoder(nn.Module):
         layers: list[nn.Module] = []
         for width_in, width_out in zip([image_shape[0], *channels[:-1]], channels, strict=True):
             layers += [nn.Conv2d(width_in, width_out, 4, stride=2, padding=1), activation_class(activation)()]
-        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels[-1] * h * w, out_dim))
+        head = (
+            [nn.Conv2d(channels[-1], out_dim, 1)]
+            if spatial
+            else [nn.Flatten(), nn.Linear(channels[-1] * h * w, out_dim)]
+        )
+        self.net = nn.Sequential(*layers, *head)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
 
 class ConvDecoder(nn.Module):
-    """The mirror of ConvEncoder: a linear layer to the smallest feature map, then transposed convolutions
-    that double it back to exactly (H, W) (odd sizes included, through `output_size`), giving pixel logits."""
+    """The mirror of ConvEncoder: a linear layer to the smallest feature map (with `spatial`, a 3x3 convolution
+    of the input grid), then transposed convolutions that double it back to exactly (H, W) (odd sizes included,
+    through `output_size`), giving pixel logits."""
 
     def __init__(
-        self, in_dim: int, channels: Sequence[int], image_shape: Sequence[int], activation: str = "relu"
+        self,
+        in_dim: int,
+        channels: Sequence[int],
+        image_shape: Sequence[int],
+        activation: str = "relu",
+        spatial: bool = False,
     ) -> None:
         """
         Args:
-            in_dim: size of the input vector (the latent dimension).
+            in_dim: size of the input vector (the latent dimension; of each cell's vector with `spatial`).
             channels: channels of each feature map, smallest map first (the encoder's list reversed).
             image_shape: (C, H, W) of the output images.
             activation: the nonlinearity between layers (see lightning_modules.blocks.activations).
+            spatial: the input is a grid (B, in_dim, h, w) of the smallest map's size, not a flat vector.
         """
         super().__init__()
         # The encoder's feature-map sizes, largest first; the decoder walks them back up.
@@ -121,7 +141,9 @@ class ConvDecoder(nn.Module):
         self.channels = list(channels)
         h, w = self.sizes[0]
         self.activation = activation_class(activation)()
-        self.project = nn.Sequential(nn.Linear(in_dim, channels[0] * h * w), self.activation)
+        self.spatial = spatial
+        first = nn.Conv2d(in_dim, channels[0], 3, padding=1) if spatial else nn.Linear(in_dim, channels[0] * h * w)
+        self.project = nn.Sequential(first, self.activation)
         widths = [*channels, image_shape[0]]
         self.up = nn.ModuleList(
             nn.ConvTranspose2d(widths[i], widths[i + 1], 4, stride=2, padding=1) for i in range(len(channels))
@@ -129,7 +151,7 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h, w = self.sizes[0]
-        x = self.project(z).view(len(z), self.channels[0], h, w)
+        x = self.project(z) if self.spatial else self.project(z).view(len(z), self.channels[0], h, w)
         for i, layer in enumerate(self.up):
             x = layer(x, output_size=self.sizes[i + 1])
             if i < len(self.up) - 1:

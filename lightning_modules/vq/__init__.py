@@ -1,0 +1,1 @@
+"""Vector-quantised models: the VQ-VAE and the latent diffusion model trained on its latents."""
