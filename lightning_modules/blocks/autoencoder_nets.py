@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lightning_modules.blocks.activations import activation_class
+from lightning_modules.blocks.conv_from_scratch import conv_classes
 
 
 def mlp(widths: Sequence[int], activation: str = "relu") -> nn.Sequential:
@@ -76,7 +77,12 @@ class ConvEncoder(nn.Module):
     """Strided convolutions halve the image `len(channels)` times, then a linear layer gives (B, out_dim)."""
 
     def __init__(
-        self, image_shape: Sequence[int], channels: Sequence[int], out_dim: int, activation: str = "relu"
+        self,
+        image_shape: Sequence[int],
+        channels: Sequence[int],
+        out_dim: int,
+        activation: str = "relu",
+        conv_impl: str = "torch",
     ) -> None:
         """
         Args:
@@ -84,6 +90,7 @@ class ConvEncoder(nn.Module):
             channels: output channels of each stride-2 convolution, input side first.
             out_dim: size of the output vector.
             activation: the nonlinearity after each convolution (see lightning_modules.blocks.activations).
+            conv_impl: "torch" (nn.Conv2d) or "scratch" (blocks/conv_from_scratch.py: unfold and matmul).
         """
         super().__init__()
         h, w = conv_sizes(image_shape, len(channels))[-1]
@@ -92,9 +99,10 @@ class ConvEncoder(nn.Module):
                 f"images of {image_shape[1]}x{image_shape[2]} pixels are too small for {len(channels)} stride-2 "
                 "convolutions; use fewer --model.conv_channels or --model.network mlp"
             )
+        conv = conv_classes(conv_impl)[0]
         layers: list[nn.Module] = []
         for width_in, width_out in zip([image_shape[0], *channels[:-1]], channels, strict=True):
-            layers += [nn.Conv2d(width_in, width_out, 4, stride=2, padding=1), activation_class(activation)()]
+            layers += [conv(width_in, width_out, 4, stride=2, padding=1), activation_class(activation)()]
         self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels[-1] * h * w, out_dim))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -106,7 +114,12 @@ class ConvDecoder(nn.Module):
     that double it back to exactly (H, W) (odd sizes included, through `output_size`), giving pixel logits."""
 
     def __init__(
-        self, in_dim: int, channels: Sequence[int], image_shape: Sequence[int], activation: str = "relu"
+        self,
+        in_dim: int,
+        channels: Sequence[int],
+        image_shape: Sequence[int],
+        activation: str = "relu",
+        conv_impl: str = "torch",
     ) -> None:
         """
         Args:
@@ -114,6 +127,7 @@ class ConvDecoder(nn.Module):
             channels: channels of each feature map, smallest map first (the encoder's list reversed).
             image_shape: (C, H, W) of the output images.
             activation: the nonlinearity between layers (see lightning_modules.blocks.activations).
+            conv_impl: "torch" (nn.ConvTranspose2d) or "scratch" (blocks/conv_from_scratch.py: matmul and fold).
         """
         super().__init__()
         # The encoder's feature-map sizes, largest first; the decoder walks them back up.
@@ -123,8 +137,9 @@ class ConvDecoder(nn.Module):
         self.activation = activation_class(activation)()
         self.project = nn.Sequential(nn.Linear(in_dim, channels[0] * h * w), self.activation)
         widths = [*channels, image_shape[0]]
+        transposed_conv = conv_classes(conv_impl)[1]
         self.up = nn.ModuleList(
-            nn.ConvTranspose2d(widths[i], widths[i + 1], 4, stride=2, padding=1) for i in range(len(channels))
+            transposed_conv(widths[i], widths[i + 1], 4, stride=2, padding=1) for i in range(len(channels))
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -144,12 +159,13 @@ def make_encoder(
     conv_channels: Sequence[int],
     out_dim: int,
     activation: str = "relu",
+    conv_impl: str = "torch",
 ) -> nn.Module:
-    """The MLP or the convolutional encoder, by name."""
+    """The MLP or the convolutional encoder, by name (conv_impl: whose convolutions the conv one uses)."""
     if network == "mlp":
         return MLPEncoder(image_shape, hidden_dims, out_dim, activation)
     if network == "conv":
-        return ConvEncoder(image_shape, conv_channels, out_dim, activation)
+        return ConvEncoder(image_shape, conv_channels, out_dim, activation, conv_impl)
     raise ValueError(f"--model.network must be 'mlp' or 'conv', got {network!r}")
 
 
@@ -160,10 +176,11 @@ def make_decoder(
     conv_channels: Sequence[int],
     image_shape: Sequence[int],
     activation: str = "relu",
+    conv_impl: str = "torch",
 ) -> nn.Module:
     """The mirror of `make_encoder`: the same widths in reverse order."""
     if network == "mlp":
         return MLPDecoder(latent_dim, list(hidden_dims)[::-1], image_shape, activation)
     if network == "conv":
-        return ConvDecoder(latent_dim, list(conv_channels)[::-1], image_shape, activation)
+        return ConvDecoder(latent_dim, list(conv_channels)[::-1], image_shape, activation, conv_impl)
     raise ValueError(f"--model.network must be 'mlp' or 'conv', got {network!r}")
