@@ -114,7 +114,7 @@ class PixelGraph(L.LightningModule):
     def __init__(
         self,
         image_shape: tuple[int, int, int] | None = (1, 28, 28),
-        link_threshold: float = 0.05,
+        link_threshold: float = 0.1,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
     ) -> None:
