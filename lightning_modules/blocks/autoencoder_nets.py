@@ -165,7 +165,7 @@ def make_encoder(
     if network == "mlp":
         return MLPEncoder(image_shape, hidden_dims, out_dim, activation)
     if network == "conv":
-        return ConvEncoder(image_shape, conv_channels, out_dim, activation, conv_impl)
+        return ConvEncoder(image_shape, conv_channels, out_dim, activation, conv_impl=conv_impl)
     raise ValueError(f"--model.network must be 'mlp' or 'conv', got {network!r}")
 
 
@@ -182,5 +182,5 @@ def make_decoder(
     if network == "mlp":
         return MLPDecoder(latent_dim, list(hidden_dims)[::-1], image_shape, activation)
     if network == "conv":
-        return ConvDecoder(latent_dim, list(conv_channels)[::-1], image_shape, activation, conv_impl)
+        return ConvDecoder(latent_dim, list(conv_channels)[::-1], image_shape, activation, conv_impl=conv_impl)
     raise ValueError(f"--model.network must be 'mlp' or 'conv', got {network!r}")
