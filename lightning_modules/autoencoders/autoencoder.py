@@ -64,6 +64,7 @@ class Autoencoder(L.LightningModule):
         loss: Literal["mse", "bce"] = "mse",
         activation: str = "relu",
         lr: float = 1e-3,
+        conv_impl: Literal["torch", "scratch"] = "torch",
     ) -> None:
         """
         Args:
@@ -75,6 +76,8 @@ class Autoencoder(L.LightningModule):
             loss: "mse" (squared error of the sigmoid output) or "bce" (binary cross-entropy on the logits).
             activation: the nonlinearity between layers: relu, silu, elu or tanh.
             lr: Adam learning rate.
+            conv_impl: the conv network's convolutions: "torch" (nn.Conv2d, nn.ConvTranspose2d) or "scratch"
+                (the same layers written with unfold, fold and matrix products, blocks/conv_from_scratch.py).
         """
         super().__init__()
         if image_shape is None:
@@ -82,8 +85,8 @@ class Autoencoder(L.LightningModule):
         if loss not in ("mse", "bce"):
             raise ValueError(f"--model.loss must be 'mse' or 'bce', got {loss!r}")
         self.save_hyperparameters()
-        self.encoder = make_encoder(network, image_shape, hidden_dims, conv_channels, latent_dim, activation)
-        self.decoder = make_decoder(network, latent_dim, hidden_dims, conv_channels, image_shape, activation)
+        self.encoder = make_encoder(network, image_shape, hidden_dims, conv_channels, latent_dim, activation, conv_impl)
+        self.decoder = make_decoder(network, latent_dim, hidden_dims, conv_channels, image_shape, activation, conv_impl)
         self.test_mse = MeanSquaredError()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +102,7 @@ class Autoencoder(L.LightningModule):
         return x
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        return reconstruction_loss(self.decoder(self.encoder(self.model_input(x))), x, self.hparams.loss)
+        return reconstruction_loss(self.decoder(self.encode(self.model_input(x))), x, self.hparams.loss)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch[0])

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lightning_modules.blocks.activations import activation_class
+from lightning_modules.blocks.conv_from_scratch import conv_classes
 
 
 def mlp(widths: Sequence[int], activation: str = "relu") -> nn.Sequential:
@@ -84,6 +85,7 @@ class ConvEncoder(nn.Module):
         out_dim: int,
         activation: str = "relu",
         spatial: bool = False,
+        conv_impl: str = "torch",
     ) -> None:
         """
         Args:
@@ -92,6 +94,7 @@ class ConvEncoder(nn.Module):
             out_dim: size of the output vector (of each cell's vector with `spatial`).
             activation: the nonlinearity after each convolution (see lightning_modules.blocks.activations).
             spatial: keep the feature map's grid (a 1x1 conv head) instead of flattening it (a linear head).
+            conv_impl: "torch" (nn.Conv2d) or "scratch" (blocks/conv_from_scratch.py: unfold and matmul).
         """
         super().__init__()
         h, w = conv_sizes(image_shape, len(channels))[-1]
@@ -100,9 +103,10 @@ class ConvEncoder(nn.Module):
                 f"images of {image_shape[1]}x{image_shape[2]} pixels are too small for {len(channels)} stride-2 "
                 "convolutions; use fewer --model.conv_channels or --model.network mlp"
             )
+        conv = conv_classes(conv_impl)[0]
         layers: list[nn.Module] = []
         for width_in, width_out in zip([image_shape[0], *channels[:-1]], channels, strict=True):
-            layers += [nn.Conv2d(width_in, width_out, 4, stride=2, padding=1), activation_class(activation)()]
+            layers += [conv(width_in, width_out, 4, stride=2, padding=1), activation_class(activation)()]
         head = (
             [nn.Conv2d(channels[-1], out_dim, 1)]
             if spatial
@@ -126,6 +130,7 @@ class ConvDecoder(nn.Module):
         image_shape: Sequence[int],
         activation: str = "relu",
         spatial: bool = False,
+        conv_impl: str = "torch",
     ) -> None:
         """
         Args:
@@ -134,6 +139,7 @@ class ConvDecoder(nn.Module):
             image_shape: (C, H, W) of the output images.
             activation: the nonlinearity between layers (see lightning_modules.blocks.activations).
             spatial: the input is a grid (B, in_dim, h, w) of the smallest map's size, not a flat vector.
+            conv_impl: "torch" (nn.ConvTranspose2d) or "scratch" (blocks/conv_from_scratch.py: matmul and fold).
         """
         super().__init__()
         # The encoder's feature-map sizes, largest first; the decoder walks them back up.
@@ -145,8 +151,9 @@ class ConvDecoder(nn.Module):
         first = nn.Conv2d(in_dim, channels[0], 3, padding=1) if spatial else nn.Linear(in_dim, channels[0] * h * w)
         self.project = nn.Sequential(first, self.activation)
         widths = [*channels, image_shape[0]]
+        transposed_conv = conv_classes(conv_impl)[1]
         self.up = nn.ModuleList(
-            nn.ConvTranspose2d(widths[i], widths[i + 1], 4, stride=2, padding=1) for i in range(len(channels))
+            transposed_conv(widths[i], widths[i + 1], 4, stride=2, padding=1) for i in range(len(channels))
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -166,12 +173,13 @@ def make_encoder(
     conv_channels: Sequence[int],
     out_dim: int,
     activation: str = "relu",
+    conv_impl: str = "torch",
 ) -> nn.Module:
-    """The MLP or the convolutional encoder, by name."""
+    """The MLP or the convolutional encoder, by name (conv_impl: whose convolutions the conv one uses)."""
     if network == "mlp":
         return MLPEncoder(image_shape, hidden_dims, out_dim, activation)
     if network == "conv":
-        return ConvEncoder(image_shape, conv_channels, out_dim, activation)
+        return ConvEncoder(image_shape, conv_channels, out_dim, activation, conv_impl=conv_impl)
     raise ValueError(f"--model.network must be 'mlp' or 'conv', got {network!r}")
 
 
@@ -182,10 +190,11 @@ def make_decoder(
     conv_channels: Sequence[int],
     image_shape: Sequence[int],
     activation: str = "relu",
+    conv_impl: str = "torch",
 ) -> nn.Module:
     """The mirror of `make_encoder`: the same widths in reverse order."""
     if network == "mlp":
         return MLPDecoder(latent_dim, list(hidden_dims)[::-1], image_shape, activation)
     if network == "conv":
-        return ConvDecoder(latent_dim, list(conv_channels)[::-1], image_shape, activation)
+        return ConvDecoder(latent_dim, list(conv_channels)[::-1], image_shape, activation, conv_impl=conv_impl)
     raise ValueError(f"--model.network must be 'mlp' or 'conv', got {network!r}")

@@ -1,0 +1,1 @@
+"""The seeds' own experiments, one module each."""
