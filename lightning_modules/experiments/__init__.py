@@ -1,0 +1,1 @@
+"""The seeds' own experiments: small ideas, each a registered model."""
