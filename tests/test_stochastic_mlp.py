@@ -27,6 +27,9 @@ def test_the_sample_is_a_reparameterisation():
     torch.testing.assert_close(mu.grad, torch.arange(7.0).expand(5, 7))
     torch.testing.assert_close(log_sigma.grad, (z - mu).detach() * torch.arange(7.0), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(z, mu)
+    shared = reparameterise(mu.detach(), log_sigma.detach(), torch.Generator().manual_seed(1), shared=True)
+    eps = (shared - mu) / log_sigma.exp()
+    torch.testing.assert_close(eps, eps[:1].expand(5, 7))  # one draw for every row
 
 
 def test_gradients_reach_every_layers_mu_and_log_sigma():
@@ -45,10 +48,14 @@ def test_the_prediction_averages_independent_passes():
     images = torch.rand(6, 1, 4, 4)
     predicted = model.predictive_log_probs(images, 8, torch.Generator().manual_seed(3)).exp()
     generator = torch.Generator().manual_seed(3)
-    passes = torch.stack([F.softmax(model.backbone.sample_logits(images, generator)[0], -1) for _ in range(8)])
+    passes = [F.softmax(model.backbone.sample_logits(images, generator, shared=True)[0], -1) for _ in range(8)]
+    passes = torch.stack(passes)
     # A log-mean-exp against a mean of softmaxes: float32 rounding of probabilities below 1.
     torch.testing.assert_close(predicted, passes.mean(0), rtol=1e-5, atol=1e-6)
     assert (passes[0] - passes[1]).abs().max() > 1e-4  # the passes drew different samples
+    # An image's prediction is the same in a batch of its own.
+    alone = model.predictive_log_probs(images[2:3], 8, torch.Generator().manual_seed(3)).exp()
+    torch.testing.assert_close(alone, predicted[2:3], rtol=1e-5, atol=1e-7)  # another matmul shape: rounding
 
 
 def test_the_plain_network_draws_nothing():
@@ -100,3 +107,8 @@ def test_bad_sample_count_is_one_line(data_root, fit_in_process):
 
     result = fit_in_process("--model", "stochastic_mlp", "--data.root", str(data_root), "--model.samples", "0")
     assert "--model.samples must be at least 1, got 0" in one_error_line(result)
+    result = fit_in_process(
+        "--model", "stochastic_mlp", "--data.root", str(data_root),
+        "--model.backbone", "lightning_modules.blocks.small_nets.MLP",
+    )  # fmt: skip
+    assert "--model.backbone MLP has no sample_logits" in one_error_line(result)

@@ -20,10 +20,13 @@ CALIBRATION_BINS = 15  # equal-width confidence bins of the expected calibration
 EVALUATED_SAMPLES = (1, 4, 16, 64)  # the S of evaluate()'s table
 
 
-def reparameterise(mu: torch.Tensor, log_sigma: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def reparameterise(
+    mu: torch.Tensor, log_sigma: torch.Tensor, generator: torch.Generator | None = None, shared: bool = False
+) -> torch.Tensor:
     """z = mu + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2014, eq. 10): a sample through which gradients reach
-    mu and log sigma."""
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    mu and log sigma. With `shared` one eps (over the last dimension) serves every row of the batch."""
+    shape = mu.shape[-1:] if shared else mu.shape
+    eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
     return mu + log_sigma.exp() * eps
 
 
@@ -69,10 +72,11 @@ class StochasticMLP(nn.Module):
         self.head = nn.Linear(sizes[-1], num_classes)
 
     def sample_logits(
-        self, images: torch.Tensor, generator: torch.Generator | None = None
+        self, images: torch.Tensor, generator: torch.Generator | None = None, shared: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass with one sample per layer: the logits (B, classes) and the KL of all the layers' Gaussians to
-        N(0, I), (B,) (zeros for the plain network)."""
+        N(0, I), (B,) (zeros for the plain network). With `shared` the examples of the batch share each layer's
+        noise, so that an image's pass does not depend on the batch it is in."""
         h = images.flatten(1)
         kl = h.new_zeros(len(h))
         for layer in self.hidden:
@@ -81,7 +85,7 @@ class StochasticMLP(nn.Module):
                 mu, log_sigma = z.chunk(2, dim=-1)
                 # In fp32: exp(log sigma) and the KL's logs lose the small sigmas in bf16.
                 mu, log_sigma = mu.float(), log_sigma.float()
-                z = reparameterise(mu, log_sigma, generator)
+                z = reparameterise(mu, log_sigma, generator, shared)
                 kl = kl + kl_to_standard_normal(mu, log_sigma)
             h = self.nonlinearity(z)
         return self.head(h), kl
@@ -122,7 +126,7 @@ class StochasticMLPClassifier(ImageClassifier):
             samples: S, the passes whose predictive probabilities are averaged in validation, test and predict.
             kl_weight: weight of the KL of the layers' Gaussians to N(0, I) in the loss; 0: NLL alone.
             prediction_seed: seed of the draws of validation, test and predict, each batch from the start, so that
-                a checkpoint's predictions repeat.
+                a checkpoint's predictions repeat, whatever the batch.
             optimizer, lr, weight_decay, momentum, nesterov, schedule, warmup_epochs, milestones, label_smoothing:
                 as ImageClassifier's.
         """
@@ -132,15 +136,22 @@ class StochasticMLPClassifier(ImageClassifier):
             backbone, image_shape, num_classes, optimizer, lr, weight_decay, momentum, nesterov, schedule,
             warmup_epochs, milestones, label_smoothing,
         )  # fmt: skip
+        if not callable(getattr(self.backbone, "sample_logits", None)):
+            raise ValueError(
+                f"--model.backbone {type(self.backbone).__name__} has no sample_logits(images, generator, shared); "
+                "use lightning_modules.experiments.stochastic_mlp.StochasticMLP"
+            )
         self.test_ece = MulticlassCalibrationError(self.hparams.num_classes, n_bins=CALIBRATION_BINS)
 
     def predictive_log_probs(
         self, images: torch.Tensor, samples: int, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """log (1/S) sum_s softmax(logits_s): the log of the S passes' averaged class probabilities, (B, classes),
-        in fp32 (a log-mean-exp)."""
+        in fp32 (a log-mean-exp). The examples share each pass's draws: an image's prediction is the same in any
+        batch (each image still averages S independent draws)."""
         log_probs = [
-            F.log_softmax(self.backbone.sample_logits(images, generator)[0].float(), -1) for _ in range(samples)
+            F.log_softmax(self.backbone.sample_logits(images, generator, shared=True)[0].float(), -1)
+            for _ in range(samples)
         ]
         return torch.stack(log_probs).logsumexp(0) - math.log(samples)
 
