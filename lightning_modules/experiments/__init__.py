@@ -1,1 +1,1 @@
-"""The seeds' own experiments: small ideas, each a registered model."""
+"""The seeds' own experiments, one module each."""
