@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.blocks.activations import activation_class
+from lightning_modules.blocks.activations import activation_for_width
 
 
 class MLP(nn.Sequential):
@@ -25,13 +25,14 @@ class MLP(nn.Sequential):
             image_shape: (C, H, W) of the input images.
             num_classes: number of logits.
             widths: widths of the hidden layers, in order.
-            activation: a name of lightning_modules.blocks.activations (relu, gelu, silu, elu, tanh).
+            activation: a name of lightning_modules.blocks.activations (relu, gelu, silu, elu, tanh, or all:
+                every one side by side on slices of each layer, lightning_modules.blocks.parallel_activations).
         """
-        nonlinearity = activation_class(activation, "--model.backbone.activation")
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(image_shape)
         for hidden in widths:
-            layers += [nn.Linear(width, hidden), nonlinearity()]
+            nonlinearity = activation_for_width(activation, hidden, "--model.backbone.activation")
+            layers += [nn.Linear(width, hidden), nonlinearity]
             width = hidden
         layers.append(nn.Linear(width, num_classes))
         super().__init__(*layers)
