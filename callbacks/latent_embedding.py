@@ -37,9 +37,9 @@ def scatter_figure(points: np.ndarray, labels: np.ndarray | None, title: str) ->
 
 
 class LatentEmbedding(L.Callback):
-    """At the end of testing, maps up to `max_points` test images with the model's `embed` (the Embeds contract,
-    lightning_modules/protocols.py), else its `encode` (Encodes), and plots the codes coloured by label: as they are when
-    the latent is 2-D or 3-D, through t-SNE otherwise. The figure goes to TensorBoard as
+    """At the end of testing, maps up to `max_points` test images with the model's `embed` (the Embeds
+    contract, lightning_modules/protocols.py), else its `encode` (Encodes), and plots the codes coloured by
+    label: as they are when the latent is 2-D or 3-D, through t-SNE otherwise. The figure goes to TensorBoard as
     `latent_embedding/test` and to `<run folder>/latent_embedding/test.png`. Runs without a logger plot nothing.
     """
 

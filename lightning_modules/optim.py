@@ -100,8 +100,10 @@ class LARS(torch.optim.Optimizer):
                 f"LARS needs lr > 0, 0 <= momentum < 1, weight_decay >= 0 and trust_coefficient > 0, got lr={lr}, "
                 f"momentum={momentum}, weight_decay={weight_decay}, trust_coefficient={trust_coefficient}"
             )
-        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "trust_coefficient": trust_coefficient}
-        super().__init__(params, defaults)
+        super().__init__(
+            params,
+            {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "trust_coefficient": trust_coefficient},
+        )
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -66,7 +66,8 @@ class SimCLR(L.LightningModule):
             momentum: LARS momentum.
             warmup_epochs: linear warm-up before the cosine decay (the paper: 10 epochs).
             crop_scale: range of the crops' share of the image area (RandomResizedCrop's scale).
-            flip_views: random left-right flips of the views; switch off for digits, whose mirror images are other symbols.
+            flip_views: random left-right flips of the views; off for digits, whose mirror images are other
+                symbols.
             jitter_strength: colour distortion strength s (appendix A: 0.5 for CIFAR-10); 0 switches it off.
             grayscale_p: probability of a grey view of a colour image.
             blur_min_size: images this many pixels or larger are blurred (probability 1/2), smaller ones never.
