@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 
 from callbacks.image_batches import output_folder
-from lightning_modules.protocols import Encodes, require
+from lightning_modules.protocols import Embeds, Encodes, require
 
 
 def embed_2d_or_3d(codes: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -37,9 +37,9 @@ def scatter_figure(points: np.ndarray, labels: np.ndarray | None, title: str) ->
 
 
 class LatentEmbedding(L.Callback):
-    """At the end of testing, encodes up to `max_points` test images with the model's `encode` (the Encodes
-    contract, lightning_modules/protocols.py) and plots the codes coloured by label: as they are when
-    the latent is 2-D or 3-D, through t-SNE otherwise. The figure goes to TensorBoard as
+    """At the end of testing, maps up to `max_points` test images with the model's `embed` (the Embeds
+    contract, lightning_modules/protocols.py), else its `encode` (Encodes), and plots the codes coloured by
+    label: as they are when the latent is 2-D or 3-D, through t-SNE otherwise. The figure goes to TensorBoard as
     `latent_embedding/test` and to `<run folder>/latent_embedding/test.png`. Runs without a logger plot nothing.
     """
 
@@ -56,7 +56,8 @@ class LatentEmbedding(L.Callback):
         self._labels: list[torch.Tensor] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        require(pl_module, Encodes, "LatentEmbedding")
+        if not isinstance(pl_module, Embeds):
+            require(pl_module, Encodes, "LatentEmbedding")
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._codes, self._labels = [], []
@@ -67,7 +68,8 @@ class LatentEmbedding(L.Callback):
         if wanted <= 0 or output_folder(trainer, "latent_embedding") is None:
             return
         images, labels = batch[0][:wanted], batch[1][:wanted]
-        self._codes.append(pl_module.encode(images).flatten(1).float().cpu())
+        codes = pl_module.embed(images) if isinstance(pl_module, Embeds) else pl_module.encode(images)
+        self._codes.append(codes.flatten(1).float().cpu())
         self._labels.append(labels.cpu())
 
     @rank_zero_only

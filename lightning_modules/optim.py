@@ -64,3 +64,71 @@ def per_step(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict:
 def warmup_decay(optimizer: torch.optim.Optimizer, factor: WarmupDecay) -> dict:
     """`factor` as a per-step LambdaLR on `optimizer`, in the form `configure_optimizers` returns."""
     return {"optimizer": optimizer, "lr_scheduler": per_step(torch.optim.lr_scheduler.LambdaLR(optimizer, factor))}
+
+
+def warmup_decay_over_run(
+    optimizer: torch.optim.Optimizer,
+    trainer,
+    kind: Literal["constant", "cosine", "step"],
+    warmup_epochs: float,
+    milestones: Iterable[float] = (),
+) -> dict:
+    """`warmup_decay` for a run of `trainer.max_epochs`: a linear warm-up of `warmup_epochs` (fractions
+    allowed), then `kind` over the rest of the run's optimiser steps (none when the run's length is unknown)."""
+    total = trainer.estimated_stepping_batches
+    steps_per_epoch = total / max(trainer.max_epochs, 1) if math.isfinite(total) else 0
+    warmup = round(warmup_epochs * steps_per_epoch)
+    return warmup_decay(optimizer, WarmupDecay(kind, warmup, decay_end=float(total), milestones=list(milestones)))
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum whose step for each weight matrix is rescaled by the layer's trust ratio
+    eta ||w|| / ||g + wd w|| (You et al. 2017, "Large Batch Training of Convolutional Networks", eq. 6 and
+    Algorithm 1), so that every layer moves by about the same fraction of its norm whatever the batch size.
+    Biases and norm gains (ndim < 2) take plain momentum SGD, as SimCLR excludes them (Chen et al. 2020, B.1)."""
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 1e-3,
+    ) -> None:
+        if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0 or trust_coefficient <= 0:
+            raise ValueError(
+                f"LARS needs lr > 0, 0 <= momentum < 1, weight_decay >= 0 and trust_coefficient > 0, got lr={lr}, "
+                f"momentum={momentum}, weight_decay={weight_decay}, trust_coefficient={trust_coefficient}"
+            )
+        super().__init__(
+            params,
+            {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "trust_coefficient": trust_coefficient},
+        )
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                update = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad.clone()
+                if p.ndim >= 2:
+                    weight_norm, update_norm = p.norm(), update.norm()
+                    # A zero norm (a fresh zero layer, a zero gradient) leaves the step as SGD's: no sync, no NaN.
+                    ratio = torch.where(
+                        (weight_norm > 0) & (update_norm > 0),
+                        group["trust_coefficient"] * weight_norm / update_norm,
+                        torch.ones_like(weight_norm),
+                    )
+                    update.mul_(ratio)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = update
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(update)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss

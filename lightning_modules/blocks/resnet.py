@@ -63,7 +63,8 @@ class ResNet(nn.Module):
         """
         Args:
             image_shape: (C, H, W) of the input images.
-            num_classes: number of logits.
+            num_classes: number of logits; 0 leaves the Linear out, so the network returns its pooled features
+                (a representation, as self-supervised models train).
             depth: 20, 32, 44, 56 or 110 (CIFAR ResNets, 3 stages), or 18 (ResNet-18, 4 stages).
             shortcut: "A" zero-padding identity or "B" 1x1 projection where the shape changes (sec. 3.3).
         """
@@ -83,7 +84,8 @@ class ResNet(nn.Module):
                 in_channels = width
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, num_classes))
+        logits = nn.Linear(in_channels, num_classes) if num_classes else nn.Identity()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), logits)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")  # He et al. 2015

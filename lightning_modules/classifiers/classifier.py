@@ -2,7 +2,6 @@
 top-1 accuracy on the validation and test sets."""
 
 import functools
-import math
 import re
 from collections.abc import Callable
 from typing import Literal
@@ -15,7 +14,7 @@ from torch.nn.utils.parametrizations import orthogonal
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_modules.blocks.small_nets import LeNet5
-from lightning_modules.optim import WarmupDecay, decay_groups, warmup_decay
+from lightning_modules.optim import decay_groups, warmup_decay_over_run
 
 # A backbone is built from the data's (C, H, W) image shape and class count, which the model passes; its own
 # options are given by class path (configs/resnet.yaml: lightning_modules.blocks.resnet.ResNet, depth 20).
@@ -188,8 +187,4 @@ class ImageClassifier(L.LightningModule):
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov)
         else:
             optimizer = torch.optim.AdamW(groups, lr=hp.lr)
-        total = self.trainer.estimated_stepping_batches
-        steps_per_epoch = total / max(self.trainer.max_epochs, 1) if math.isfinite(total) else 0
-        warmup = round(hp.warmup_epochs * steps_per_epoch)
-        factor = WarmupDecay(hp.schedule, warmup, decay_end=float(total), milestones=list(hp.milestones))
-        return warmup_decay(optimizer, factor)
+        return warmup_decay_over_run(optimizer, self.trainer, hp.schedule, hp.warmup_epochs, hp.milestones)

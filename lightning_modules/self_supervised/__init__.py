@@ -1,0 +1,1 @@
+"""Self-supervised representation learning: SimCLR and its NT-Xent loss."""
