@@ -7,6 +7,7 @@ import warnings
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GATv2Conv, GCNConv, MessagePassing
 
@@ -42,7 +43,10 @@ class GatedGCNConv(MessagePassing):
 
     def forward(self, h: torch.Tensor, edge_index: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         source, target = edge_index
-        e_new = self.edge_network(torch.cat([h[target], h[source], e], dim=-1))
+        # The linear map of the concatenation, with A h and B h computed per node and then gathered per edge: a third
+        # of the edge-wise products.
+        receiver, sender, edge = self.edge_network.weight.split(h.shape[-1], dim=1)
+        e_new = (h @ receiver.T)[target] + (h @ sender.T)[source] + F.linear(e, edge, self.edge_network.bias)
         gate = torch.sigmoid(e_new)
         # Numerator and denominator of the gated mean in one pass of messages.
         summed = self.propagate(edge_index, v=self.update_neighbour(h), gate=gate)
@@ -76,7 +80,12 @@ class GraphLayer(nn.Module):
         """`e`: the edge weights (E, 1) for "gcn" (unused by "gat"), the edge features (E, channels) for "mpnn". For
         "gcn" `edge_index` may instead be the weighted `sparse_adjacency` (and `e` is then not read)."""
         if self.kind == "gcn":
-            update = self.conv(h, edge_index, None if edge_index.is_sparse_csr else e.squeeze(-1))
+            # In fp32 under any autocast: torch's sparse CSR product has no bf16 kernel on the CPU.
+            with warnings.catch_warnings(), torch.autocast(h.device.type, enabled=False):
+                # PyG's normalisation builds its own sparse matrix, with the same warning as sparse_adjacency's.
+                warnings.filterwarnings("ignore", ".*Sparse invariant checks are implicitly disabled.*", UserWarning)
+                full = h.to(torch.promote_types(h.dtype, torch.float32))
+                update = self.conv(full, edge_index, None if edge_index.is_sparse_csr else e.squeeze(-1))
         elif self.kind == "gat":
             update = self.conv(h, edge_index)
         else:
