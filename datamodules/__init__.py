@@ -1,6 +1,7 @@
 """DataModules by short name: the registry that scripts/fit.py reads for `--data NAME`."""
 
 from datamodules.environments import GymDataModule
+from datamodules.image_graphs import ImageGraphDataModule
 from datamodules.images import (
     CelebADataModule,
     CIFAR10DataModule,
@@ -22,6 +23,7 @@ DATAMODULES = {
     "toy2d": Toy2DDataModule,
     "text": TextDataModule,
     "gym": GymDataModule,
+    "image_graphs": ImageGraphDataModule,
 }
 
 __all__ = ["DATAMODULES", "DataError", "ImageDataModule", *(c.__name__ for c in DATAMODULES.values())]

@@ -35,7 +35,7 @@ from zoo.resume import find_resumable
 DEFAULT_SEED = 0
 # What a model needs to know about its data flows from the DataModule.
 # A model that does not take one of these arguments is simply not linked to it.
-DATA_FACTS = ("image_shape", "num_classes", "vocab_size", "data_dim", "sequence_length")
+DATA_FACTS = ("image_shape", "num_classes", "vocab_size", "data_dim", "sequence_length", "num_node_features")
 # LightningCLI's subcommands, each a Trainer method of the same name.
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 HELP_FLAGS = ("-h", "--help")
