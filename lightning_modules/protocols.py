@@ -35,6 +35,14 @@ class Samples(Protocol):
 
 
 @runtime_checkable
+class HasLikelihood(Protocol):
+    """A likelihood model: `log_prob(x)` is the log-likelihood in nats of each image x (B, C, H, W) in [0, 1], shape
+    (B,) (for a dequantised flow, its bound from one noise draw). Used by LikelihoodRanking."""
+
+    def log_prob(self, x: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
 class Inpaints(Protocol):
     """Completes images x in [0, 1] where `mask` is 0 and keeps them where it is 1. Used by `sample.py --inpaint`."""
 
@@ -110,6 +118,7 @@ class PlaysEpisodes(Protocol):
 CONTRACTS: tuple[type, ...] = (
     Encodes,
     Samples,
+    HasLikelihood,
     Inpaints,
     GeneratesText,
     Embeds,

@@ -1,0 +1,1 @@
+"""Generative adversarial networks: DCGAN (Radford et al. 2016)."""
