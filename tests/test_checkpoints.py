@@ -54,6 +54,9 @@ TINY = {
     "ae": NO_PLOTS,
     "dae": NO_PLOTS,
     "vqvae": NO_PLOTS,
+    # The config trains one epoch; the tiny MNIST's is two batches of 16, and the resume check takes a third.
+    "conv_from_scratch": (*NO_PLOTS, "--trainer.max_epochs", "2"),
+    "realnvp": (*NO_PLOTS, "--model.stage_couplings", "1", "--model.final_couplings", "1"),
     "ldm": (*SMALL_BATCH, *TINY_LDM, "--trainer.callbacks", EMA_ONLY),
 }  # fmt: skip
 DRAWS_AT_TEST = {"dae", "vae"}  # test steps that draw random numbers (a corruption, z ~ q(z|x))
