@@ -56,6 +56,7 @@ TINY = {
     "vqvae": NO_PLOTS,
     # The config trains one epoch; the tiny MNIST's is two batches of 16, and the resume check takes a third.
     "conv_from_scratch": (*NO_PLOTS, "--trainer.max_epochs", "2"),
+    "gan": (*SMALL_BATCH, "--model.inversion_steps", "5"),  # sample.py --invert searches the latents by Adam
     "realnvp": (*NO_PLOTS, "--model.stage_couplings", "1", "--model.final_couplings", "1"),
     "ldm": (*SMALL_BATCH, *TINY_LDM, "--trainer.callbacks", EMA_ONLY),
 }  # fmt: skip
