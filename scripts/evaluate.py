@@ -11,8 +11,9 @@ Evaluates contract, lightning_modules/protocols.py). The model options below go 
 given, and only to a model whose `evaluate` takes them:
 
     --episodes N, --seed S          PPO: greedy episodes played (default 20) and the first one's seed
-    --fid_classifier CKPT           DDPM: classifier FID of each sampler against the test set, and the
-    --samplers ddpm,ddim50,ddim20   DDIM inversion error; --seed seeds the samples
+    --fid_classifier CKPT           DDPM, EDM, LDM: classifier FID of each sampler against the test set, and
+    --samplers ddpm,ddim50,ddim20   the inversion error; GAN: the FID and the share of samples per class;
+    --samples N                     --samples draws per FID (default 1000); --seed seeds the samples
 
 `--video PATH.gif` saves one episode of a model that renders (the Renders contract) as an animated GIF.
 """
@@ -55,10 +56,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
     model = parser.add_argument_group("model options (passed to the model's evaluate when given)")
     model.add_argument("--episodes", type=positive_int, help="episodes to play (PPO; default 20)")
     model.add_argument("--seed", type=int, help="seed of the evaluation (default: the model's own)")
-    model.add_argument("--fid_classifier", help="classifier checkpoint whose features the FID uses (DDPM)")
-    model.add_argument("--samplers", help="comma-separated samplers to score, e.g. ddpm,ddim50,ddim20 (DDPM)")
     model.add_argument(
-        "--samples", type=positive_int, help="samples drawn per sampler for the FID (DDPM; default 1000)"
+        "--fid_classifier", help="classifier checkpoint whose features the FID uses (diffusion models, GAN)"
+    )
+    model.add_argument(
+        "--samplers", help="comma-separated samplers to score, e.g. ddpm,ddim50,ddim20 (diffusion models)"
+    )
+    model.add_argument(
+        "--samples",
+        type=positive_int,
+        help="samples drawn per sampler for the FID (diffusion models, GAN; default 1000)",
     )
     return parser.parse_args(argv)
 
