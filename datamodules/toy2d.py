@@ -91,6 +91,12 @@ class Toy2DDataModule(InMemoryDataModule):
         self.batch_size, self.num_workers, self.shuffle_seed = batch_size, num_workers, shuffle_seed
         self.train_set = self.val_set = self.test_set = None
 
+    @property
+    def mode_means(self) -> torch.Tensor | None:
+        """The centres (2, 2) of the two-Gaussian mixture, the weight-0.8 one first (for counting the samples a
+        model draws in each mode); None for the other distributions."""
+        return torch.tensor(TWO_GAUSSIANS_MEANS) if self.hparams.name == "two_gaussians" else None
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return

@@ -14,6 +14,9 @@ given, and only to a model whose `evaluate` takes them:
     --fid_classifier CKPT           DDPM, EDM, LDM: classifier FID of each sampler against the test set, and
     --samplers ddpm,ddim50,ddim20   the inversion error; GAN: the FID and the share of samples per class;
     --samples N                     --samples draws per FID (default 1000); --seed seeds the samples
+                                    NCSN: --samplers annealed,plain (annealed5: 5 steps a level, plain400):
+                                    the FID of images, or on the two-Gaussian toy the share of --samples
+                                    (default 10000) samples in the mode of weight 0.8
 
 `--video PATH.gif` saves one episode of a model that renders (the Renders contract) as an animated GIF.
 """
@@ -60,7 +63,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--fid_classifier", help="classifier checkpoint whose features the FID uses (diffusion models, GAN)"
     )
     model.add_argument(
-        "--samplers", help="comma-separated samplers to score, e.g. ddpm,ddim50,ddim20 (diffusion models)"
+        "--samplers",
+        help="comma-separated samplers to score, e.g. ddpm,ddim50,ddim20 (DDPM), heun18w2 (EDM), annealed,plain (NCSN)",
     )
     model.add_argument(
         "--samples",

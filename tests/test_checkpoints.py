@@ -37,6 +37,9 @@ TINY = {
     "ddpm": (*SMALL_BATCH, *TINY_DDPM, "--model.inversion_steps", "1", "--model.sample_steps", "2",
              "--trainer.callbacks", EMA_ONLY),
     "edm": (*SMALL_BATCH, *TINY_EDM, "--trainer.callbacks", EMA_ONLY),
+    "edm_cifar10": (*SMALL_BATCH, *TINY_EDM, "--model.denoiser.dropout", "0", "--trainer.callbacks", EMA_ONLY),
+    "edm_celeba": (*SMALL_BATCH, *TINY_EDM, "--model.denoiser.dropout", "0", "--data.image_size", "16",
+                   "--trainer.callbacks", EMA_ONLY),
     "gpt": TINY_GPT,
     # Two noise levels of two Langevin steps: sample.py's draws take 4 network evaluations, not 400 or 2000.
     "ncsn": (*SMALL_BATCH, "--model.num_levels", "2", "--model.steps_per_level", "2", "--trainer.callbacks", EMA_ONLY),
@@ -62,6 +65,11 @@ TINY = {
 }  # fmt: skip
 DRAWS_AT_TEST = {"dae", "vae"}  # test steps that draw random numbers (a corruption, z ~ q(z|x))
 IMAGE_SIDE = 28  # the tiny MNIST's
+
+
+def image_side(model) -> int:
+    """The side of the model's images: the tiny MNIST's, or the size a config resizes its data to."""
+    return tuple(model.hparams.get("image_shape") or (1, IMAGE_SIDE, IMAGE_SIDE))[-1]
 
 
 def tiny_flags(name: str) -> tuple[str, ...]:
@@ -156,7 +164,7 @@ def test_sample_or_refuse_in_one_line(name: str, fitted, tmp_path: Path, capsys)
         if model.hparams.get("image_shape") is None:  # a model of points: a 6 x 6 inch scatter plot at 100 dpi
             assert Image.open(out).size == (600, 600)
         else:  # make_grid's layout: 2 x 2 images with 2-pixel padding around and between them.
-            assert Image.open(out).size == (2 * IMAGE_SIDE + 3 * 2,) * 2
+            assert Image.open(out).size == (2 * image_side(model) + 3 * 2,) * 2
     else:
         assert sample.main(["--ckpt", str(run.ckpt), "--n", "4", "--out", str(tmp_path / "grid.png")]) == 2
         error = capsys.readouterr().err.strip().splitlines()
@@ -184,11 +192,12 @@ def test_invert_where_the_model_encodes(name: str, fitted, tmp_path: Path, capsy
         # Rows of originals, codes (shown only when they are images: a pixel diffusion model's noise, not a grid
         # of latent vectors) and regenerations, 2 columns of 28-pixel images with 2-pixel padding around and
         # between them.
-        image = torch.rand(1, 1, IMAGE_SIDE, IMAGE_SIDE)
+        side = image_side(model)
+        image = torch.rand(1, *(model.hparams.get("image_shape") or (1, side, side)))
         with torch.no_grad():
             codes_are_images = model.encode(image).shape == image.shape
         rows = 3 if codes_are_images else 2
-        assert Image.open(out).size == (2 * IMAGE_SIDE + 3 * 2, rows * IMAGE_SIDE + (rows + 1) * 2)
+        assert Image.open(out).size == (2 * side + 3 * 2, rows * side + (rows + 1) * 2)
     else:
         assert code == 2 and printed.err.strip().splitlines() == [
             f"sample.py: error: {type(model).__name__} cannot be used for sample.py --invert: it has no encode(), "

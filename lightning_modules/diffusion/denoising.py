@@ -43,10 +43,12 @@ def sampler_scores(
     fid_classifier: str | None,
     samples: int,
     seed: int,
+    inversion: bool = True,
 ) -> dict[str, float]:
     """The classifier FID of `samples` samples per sampler (`sample_args`: name -> model.sample arguments) against
-    the test split of `datamodule`, and the inversion error (mean squared, in [0, 1] pixel units) of its first 64
-    test images through the model's encode/decode. Without a classifier checkpoint the FID is left out."""
+    the test split of `datamodule`, and (with `inversion`) the inversion error (mean squared, in [0, 1] pixel units)
+    of its first 64 test images through the model's encode/decode. Without a classifier checkpoint the FID is left
+    out."""
     if datamodule is None or not callable(getattr(datamodule, "batch", None)):
         raise ValueError(
             f"{type(model).__name__}'s evaluation needs the image DataModule it was trained on; pass the checkpoint's"
@@ -57,5 +59,6 @@ def sampler_scores(
         fid = ClassifierFID(fid_classifier, device=model.device)
         fid.set_real(real, cache_key=real_set_key(real))
         scores = {f"fid_{spec}": fid_of_samples(model, fid, samples, args, seed) for spec, args in sample_args.items()}
-    scores["inversion_mse"] = reconstruction_mse(model, real[:64].to(model.device))
+    if inversion:
+        scores["inversion_mse"] = reconstruction_mse(model, real[:64].to(model.device))
     return scores

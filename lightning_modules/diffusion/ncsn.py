@@ -5,8 +5,10 @@ blocks/mlp_denoiser.py, as DDPM's); images are mapped from the DataModule's [0, 
 back, nowhere else; toy 2-D points are modelled as they are."""
 
 import math
+import re
 from typing import Literal
 
+import lightning as L
 import torch
 from jsonargparse.typing import PositiveFloat, PositiveInt
 from torch import Tensor, nn
@@ -14,8 +16,9 @@ from torch import Tensor, nn
 from lightning_modules.blocks.mlp_denoiser import MLPDenoiser
 from lightning_modules.blocks.unet import UNet
 from lightning_modules.diffusion.ddpm import IMAGE_DENOISERS, MLP_PATH, DenoiserFactory
-from lightning_modules.diffusion.denoising import DenoisingModel
+from lightning_modules.diffusion.denoising import DenoisingModel, sampler_scores
 from lightning_modules.diffusion.langevin import annealed_langevin, geometric_sigmas, langevin
+from lightning_modules.metrics import draw_samples
 
 # The network's time input for the noise level sigma: its position between sigma_1 (0) and sigma_L (TIME_SCALE) in
 # log sigma. At the trained levels this is the level index times TIME_SCALE / (L - 1), so a network built for
@@ -56,8 +59,23 @@ def build_network(factory: DenoiserFactory | None, points: bool, width: int) -> 
     return network
 
 
+def parse_sampler(spec: str) -> dict[str, object]:
+    """The `sample` arguments of a sampler name: "annealed" or "plain", optionally followed by its steps (per level
+    for annealed, in all for plain), e.g. annealed5 or plain400."""
+    match = re.fullmatch(r"(annealed|plain)(\d*)", spec)
+    if not match or match[2] == "0":
+        raise ValueError(f"sampler {spec!r} unknown; write annealed, plain, annealedT or plainN, e.g. annealed5")
+    return {"sampler": match[1], **({"steps": int(match[2])} if match[2] else {})}
+
+
+def nearer_first_mode(points: Tensor, means: Tensor) -> float:
+    """The share of `points` (N, 2) nearer to the first of two mode centres `means` (2, 2) than to the second."""
+    distances = torch.cdist(points.double(), means.double())
+    return float((distances[:, 0] < distances[:, 1]).double().mean())
+
+
 class NCSN(DenoisingModel):
-    """Noise-conditional score network with annealed Langevin sampling. Methods: `sample(n)`."""
+    """Noise-conditional score network with annealed Langevin sampling. Methods: `sample(n)`, `evaluate(datamodule)`."""
 
     def __init__(
         self,
@@ -179,3 +197,27 @@ class NCSN(DenoisingModel):
         if h.final_denoise:
             x = x + float(self.sigmas[-1]) ** 2 * self.score(x, float(self.sigmas[-1]))
         return self.from_model(x)
+
+    # --- evaluation -------------------------------------------------------------------------------------
+    def evaluate(
+        self,
+        datamodule: L.LightningDataModule | None,
+        seed: int = 0,
+        samplers: str = "annealed,plain",
+        fid_classifier: str | None = None,
+        samples: int | None = None,
+    ) -> dict[str, float]:
+        """What scripts/evaluate.py prints per sampler (a comma-separated list of annealed[T] / plain[N]): on the
+        two-Gaussian toy (Song & Ermon 2019, Fig. 2) the share of `samples` (default 10,000) samples in the mode of
+        weight 0.8, which annealed Langevin recovers and plain Langevin does not; on images the classifier FID of
+        `samples` (default 1,000) samples against the test split (with `--fid_classifier CKPT`; without it, none)."""
+        sample_args = {spec: parse_sampler(spec) for spec in (s.strip() for s in samplers.split(",")) if spec}
+        if not self.points:
+            return sampler_scores(self, datamodule, sample_args, fid_classifier, samples or 1000, seed, inversion=False)
+        means = getattr(datamodule, "mode_means", None)  # Toy2DDataModule's, for the two-Gaussian mixture only
+        if means is None:
+            return {}
+        return {
+            f"major_mode_share_{spec}": nearer_first_mode(draw_samples(self, samples or 10_000, args, seed), means)
+            for spec, args in sample_args.items()
+        }
