@@ -50,7 +50,6 @@ TINY = {
     "ppo": ("--model.num_steps", "16", "--model.update_epochs", "1", "--model.num_minibatches", "2",
             "--data.eval_episodes", "1"),
     "resnet": (*SMALL_BATCH, "--model.backbone.depth", "8"),
-    # The kNN and probe figures are the KNNProbe callback's (evaluate.py runs the test loop without it).
     "simclr": (*NO_PLOTS, "--model.backbone.depth", "8"),
     "vae": (*NO_PLOTS, "--model.iwae_samples", "4", "--model.iwae_test_images", "8"),
     "vit": (*SMALL_BATCH, "--model.backbone.depth", "1"),

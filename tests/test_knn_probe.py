@@ -7,9 +7,10 @@ import lightning as L
 import pytest
 import torch
 
-from callbacks.knn_probe import KNNProbe, knn_accuracy, linear_probe_accuracy, split_features, weighted_knn_scores
+from callbacks.knn_probe import KNNProbe
 from datamodules.images import DigitsDataModule
 from lightning_modules.blocks.resnet import ResNet
+from lightning_modules.representation import knn_accuracy, linear_probe_accuracy, split_features, weighted_knn_scores
 from lightning_modules.self_supervised.simclr import SimCLR
 
 

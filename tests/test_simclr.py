@@ -135,8 +135,8 @@ def test_fast_dev_run_through_fit(data_root, fit_in_process):
 def test_the_pixel_floor_is_the_knn_of_the_raw_images(data_root, fit_in_process):
     """`--trainer.max_epochs 0 --model.backbone ...Pixels`: the kNN figure of the images themselves, as the
     kNN code computes it on the tiny MNIST directly."""
-    from callbacks.knn_probe import knn_accuracy
     from datamodules.images import MNISTDataModule
+    from lightning_modules.representation import knn_accuracy
 
     result = fit_in_process("--model", "simclr", "--data", "mnist", "--data.root", str(data_root),
                             "--trainer.max_epochs", "0", "--model.backbone",
@@ -149,3 +149,19 @@ def test_the_pixel_floor_is_the_knn_of_the_raw_images(data_root, fit_in_process)
     train, test = data.batch("train", len(data.dataset("train"))), data.batch("test", len(data.dataset("test")))
     want = knn_accuracy((train[0].flatten(1), train[1]), (test[0].flatten(1), test[1]), k=5)
     assert float(printed["knn/acc"]) == pytest.approx(want, abs=1e-4)  # printed to 4 decimals
+
+
+def test_evaluate_gives_the_knn_and_probe_of_the_embedding(data_root) -> None:
+    """evaluate() from a checkpoint's model: with the Pixels backbone, the kNN of the raw images as the kNN code
+    computes it on the tiny MNIST directly, and a probe accuracy that is a share of the test set."""
+    from datamodules.images import MNISTDataModule
+    from lightning_modules.representation import knn_accuracy
+    from lightning_modules.self_supervised.simclr import Pixels, SimCLR
+
+    data = MNISTDataModule(root=str(data_root))
+    data.setup("fit")
+    model = SimCLR(backbone=Pixels, image_shape=(1, 28, 28))
+    figures = model.evaluate(data, k=5)
+    train, test = data.batch("train", len(data.dataset("train"))), data.batch("test", len(data.dataset("test")))
+    assert figures["knn_acc"] == knn_accuracy((train[0].flatten(1), train[1]), (test[0].flatten(1), test[1]), k=5)
+    assert 0 <= figures["probe_acc"] <= 1 and (figures["probe_acc"] * len(test[1])).is_integer()

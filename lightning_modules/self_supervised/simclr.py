@@ -13,6 +13,7 @@ from torch import nn
 from lightning_modules.blocks.resnet import ResNet
 from lightning_modules.classifiers.classifier import Backbone, as_class_path
 from lightning_modules.optim import LARS, decay_groups, warmup_decay_over_run
+from lightning_modules.representation import knn_accuracy, linear_probe_accuracy, split_features
 from lightning_modules.self_supervised.nt_xent import nt_xent_loss
 from lightning_modules.self_supervised.views import simclr_view
 
@@ -104,6 +105,13 @@ class SimCLR(L.LightningModule):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The representation of images in [0, 1]: the backbone's pooled output (B, D), not the projection."""
         return self.backbone(x)
+
+    def evaluate(self, datamodule: L.LightningDataModule | None, k: int = 200) -> dict[str, float]:
+        """What scripts/evaluate.py prints after the test loss, as the KNNProbe callback logs them at the end of a
+        run: the weighted kNN accuracy (k neighbours, temperature 0.1) of the test split against the whole training
+        split in `embed` space, and the test accuracy of a linear probe fitted to the frozen training features."""
+        train, test = (split_features(self, datamodule, split, None, 512, self.device) for split in ("train", "test"))
+        return {"knn_acc": knn_accuracy(train, test, k), "probe_acc": linear_probe_accuracy(train, test)}
 
     def views(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Two random views of each image, stacked: (2B, C, H, W), first views then second views."""
