@@ -44,11 +44,33 @@ class Generator(nn.Module):
         return self.net(z[:, :, None, None])
 
 
+class MinibatchStd(nn.Module):
+    """The minibatch standard deviation layer (Karras et al. 2018, Sec. 3): the standard deviation of every feature
+    over groups of `group_size` images, averaged to one number per group and appended as a constant feature map.
+    A generator that draws too few kinds of images gives groups with a small spread, which the discriminator can
+    then see and punish; without it each image is judged alone and partial mode collapse goes unseen."""
+
+    def __init__(self, group_size: int = 4) -> None:
+        super().__init__()
+        self.group_size = group_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        g = max(d for d in range(1, min(self.group_size, b) + 1) if b % d == 0)  # a group size that divides b
+        # Image i joins group i % (b / g): (g, b / g, ...) puts the members of one group along dim 0.
+        spread = x.float().view(g, b // g, c, h, w).var(0, unbiased=False).add(1e-8).sqrt().mean((1, 2, 3))
+        feature = spread.repeat(g).view(b, 1, 1, 1).expand(b, 1, h, w).to(x.dtype)
+        return torch.cat([x, feature], 1)
+
+
 class Discriminator(nn.Module):
     """images in [-1, 1] -> one logit each: k stride-2 convolutions halving the side with LeakyReLU 0.2 (batch norm
-    after all but the first, or spectral norm on every layer instead), then a convolution over the base side."""
+    after all but the first, or spectral norm on every layer instead), then (with `minibatch_std`) the minibatch
+    standard deviation as one more channel, then a convolution over the base side."""
 
-    def __init__(self, image_shape: tuple[int, int, int], width: int, spectral_norm: bool) -> None:
+    def __init__(
+        self, image_shape: tuple[int, int, int], width: int, spectral_norm: bool, minibatch_std: bool = False
+    ) -> None:
         super().__init__()
         channels, side, _ = image_shape
         halvings, base = upsamplings(side)
@@ -60,7 +82,9 @@ class Discriminator(nn.Module):
             if index > 0 and not spectral_norm:
                 layers.append(nn.BatchNorm2d(c_out))
             layers.append(nn.LeakyReLU(0.2))
-        layers.append(wrap(nn.Conv2d(widths[-1], 1, base)))
+        if minibatch_std:
+            layers.append(MinibatchStd())
+        layers.append(wrap(nn.Conv2d(widths[-1] + minibatch_std, 1, base)))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,6 +105,7 @@ class DCGAN(L.LightningModule):
         discriminator_width: PositiveInt = 64,
         loss: Literal["non_saturating", "hinge"] = "non_saturating",
         spectral_norm: bool = False,
+        minibatch_std: bool = False,
         lr: float = 2e-4,
         betas: tuple[float, float] = (0.5, 0.999),
         ema_decay: float = 0.999,
@@ -94,6 +119,8 @@ class DCGAN(L.LightningModule):
             discriminator_width: channels of the discriminator's first layer (they double with depth).
             loss: "non_saturating" (Goodfellow et al. 2014) or "hinge" (Lim & Ye 2017).
             spectral_norm: spectral normalisation of every discriminator layer instead of its batch norm.
+            minibatch_std: the discriminator's last layer also sees the spread of the images in groups of 4 (Karras
+                et al. 2018), against partial mode collapse.
             lr: both Adam learning rates (2e-4 in the paper).
             betas: both Adams' betas (beta1 0.5 in the paper).
             ema_decay: decay of the generator's moving average used for sampling (0: the generator itself).
@@ -110,7 +137,7 @@ class DCGAN(L.LightningModule):
         self.automatic_optimization = False
         shape = tuple(image_shape)
         self.generator = Generator(shape, latent_dim, generator_width)
-        self.discriminator = Discriminator(shape, discriminator_width, spectral_norm)
+        self.discriminator = Discriminator(shape, discriminator_width, spectral_norm, minibatch_std)
         # Lightning's EMAWeightAveraging averages the whole LightningModule and swaps the average in at the end of
         # training: the discriminator would be averaged and replaced too, and a resumed game would go on against
         # another adversary. So the generator alone is averaged here.
