@@ -11,7 +11,7 @@ device and any extra flag on top, no logger and no checkpoint. It is the only pl
 and speed are measured; the tests never assert on time.
 
 `--model-only-steps N` also times N training steps of the model alone on one batch already on the device
-(forward, backward, optimiser step; no data loading, no Lightning loop, no logging) and reports their
+(forward in the run's precision, backward, optimiser step; no data loading, no Lightning loop, no logging) and reports their
 throughput and the ratio of the full epochs' throughput to it: near 1, the run is not data-bound.
 
 `--save-checkpoint PATH` keeps the trained model (for sample.py and evaluate.py); `--resume CKPT` trains on
@@ -96,11 +96,13 @@ def model_only_throughput(
     model: L.LightningModule, trainer: L.Trainer, datamodule: L.LightningDataModule, steps: int, warmup: int = 5
 ) -> float:
     """Samples (or the model's unit) per second of `steps` training steps on one pre-loaded batch: the
-    model's training_step, backward and the step of the optimiser it trained with, under a barebones Trainer
-    (no logging); the clock is read once, after a device sync."""
+    model's training_step in the run's precision (its autocast, as the training loop runs it), backward and the
+    step of the optimiser it trained with, under a barebones Trainer (no logging); the clock is read once, after
+    a device sync."""
     if not model.automatic_optimization:
         raise ValueError("--model-only-steps needs a model with automatic optimisation; drop the flag")
-    batch = datamodule.batch("train", device=model.device)
+    precision = trainer.precision_plugin
+    batch = precision.convert_input(datamodule.batch("train", device=model.device))
     optimizer = trainer.optimizers[0]
     count = throughput_counter(model)[0](batch)
     sync = torch.cuda.synchronize if model.device.type == "cuda" else lambda: None
@@ -110,7 +112,8 @@ def model_only_throughput(
             if step == warmup:
                 sync()
                 started = time.perf_counter()
-            loss = step_loss(model, batch)
+            with precision.train_step_context():
+                loss = step_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -73,3 +73,40 @@ def test_ppo_row_counts_env_steps_and_reports_when_it_solved(tmp_path, script_in
 def test_a_peak_flag_that_cannot_be_right_is_refused_in_one_line(flag, value, script_in_process):
     line = one_error_line(script_in_process("benchmark", "vae", flag, value))
     assert f"argument {flag}:" in line and value in line
+
+
+def test_the_model_alone_runs_in_the_runs_precision() -> None:
+    """--model-only-steps times training_step under the run's autocast, as the training loop runs it: in a
+    bf16-mixed run its linear layer computes in bfloat16 (bf16 autocast works on any CPU, emulated where the CPU
+    lacks it), so the model-alone rate compares like with like."""
+    import lightning as L
+    import torch
+    from benchmark import model_only_throughput
+
+    class Recorder(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer, self.dtypes = torch.nn.Linear(4, 1), []
+
+        def training_step(self, batch, batch_idx):
+            out = self.layer(batch[0])
+            self.dtypes.append(out.dtype)
+            return out.float().pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class Data(L.LightningDataModule):
+        def batch(self, split, device="cpu"):
+            return (torch.ones(8, 4, device=device),)
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(8, 4)), batch_size=8)
+
+    model, data = Recorder(), Data()
+    trainer = L.Trainer(precision="bf16-mixed", accelerator="cpu", max_steps=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, data)
+    assert model.dtypes == [torch.bfloat16]  # the training loop's step
+    assert model_only_throughput(model, trainer, data, steps=2, warmup=1) > 0
+    assert model.dtypes == [torch.bfloat16] * 4
