@@ -142,6 +142,9 @@ class DCGAN(L.LightningModule):
         # training: the discriminator would be averaged and replaced too, and a resumed game would go on against
         # another adversary. So the generator alone is averaged here.
         self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+        # Whether the averaged generator's batch norm statistics are its own (see refresh_ema_statistics); not
+        # saved, so a loaded model measures them again (from a fixed seed: the same figures) before sampling.
+        self.register_buffer("ema_statistics_fresh", torch.tensor(False), persistent=False)
         self.discriminator_loss, self.generator_loss = ADVERSARIAL_LOSSES[loss]
 
     # --- the model's range, its latent and its sampler ------------------------------------------------------
@@ -156,8 +159,34 @@ class DCGAN(L.LightningModule):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] of the averaged generator (in eval mode: its batch norm's running statistics)."""
+        """Images in [0, 1] of the averaged generator (in eval mode: its batch norm's running statistics, measured
+        on its own activations)."""
+        if not self.ema_statistics_fresh:
+            self.refresh_ema_statistics()
         return self.from_model(self.generator_ema.eval()(z))
+
+    @torch.no_grad()
+    def refresh_ema_statistics(self, batches: int = 10, batch_size: int = 256) -> None:
+        """Batch norm's running statistics of the averaged generator, measured anew on `batches` batches of its own
+        activations from fixed latents (the "standing statistics" of Brock et al. 2019). The averaged weights
+        are not the weights the training batches' statistics came from: with the current generator's statistics
+        the MNIST config's samples had a classifier FID of 14.5 and class shares of 5.6-15.4%; with their own,
+        12.4 and 6.0-14.2% (docs/results.md)."""
+        norms = [m for m in self.generator_ema.modules() if isinstance(m, nn.BatchNorm2d)]
+        momenta = [m.momentum for m in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over the batches, not an exponential one
+        seed = torch.Generator(device=self.device).manual_seed(0)
+        self.generator_ema.train()
+        try:
+            for _ in range(batches):
+                self.generator_ema(self.latents(batch_size, seed))
+        finally:
+            for norm, momentum in zip(norms, momenta, strict=True):
+                norm.momentum = momentum
+            self.generator_ema.eval()
+        self.ema_statistics_fresh.fill_(True)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -218,8 +247,7 @@ class DCGAN(L.LightningModule):
         decay = self.hparams.ema_decay
         for average, current in zip(self.generator_ema.parameters(), self.generator.parameters(), strict=True):
             average.lerp_(current, 1 - decay)
-        for average, current in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
-            average.copy_(current)  # batch norm's running statistics (and its counter) are taken as they are
+        self.ema_statistics_fresh.fill_(False)  # batch norm's statistics are measured again before sampling
 
     def training_step(self, batch, batch_idx: int) -> None:
         real = self.to_model(batch[0])
