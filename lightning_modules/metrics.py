@@ -280,13 +280,26 @@ def fid_floor(fid: ClassifierFID, train_images: torch.Tensor, n: int, seed: int 
     return fid.score(train_images[chosen])
 
 
+@torch.no_grad()
+def predicted_labels(features: ClassifierFeatures, images: Tensor, batch_size: int = 500) -> Tensor:
+    """The class the classifier (of the FID's features) gives each of `images` (in [0, 1]), (N,) int64 on the CPU."""
+    classifier = features.classifier
+    return torch.cat([classifier(features.fit_to_classifier(chunk.to(classifier.device))).argmax(1).cpu()
+                      for chunk in images.split(batch_size)])  # fmt: skip
+
+
 def real_set_key(images: torch.Tensor) -> str:
     """A cache key for `ClassifierFID.set_real` that tells real sets apart: their count, shape and pixel sum."""
     return f"{len(images)}x{'x'.join(map(str, images.shape[1:]))}-{images.sum().item():.0f}"
 
 
+SAMPLE_BATCH = 500  # samples drawn per call of model.sample when scoring: a model's labels 0, 1, 2, ... restart at each
+
+
 @torch.no_grad()
-def draw_samples(model: Samples, n: int, sample_args: dict[str, Any], seed: int = 0, batch_size: int = 500) -> Tensor:
+def draw_samples(
+    model: Samples, n: int, sample_args: dict[str, Any], seed: int = 0, batch_size: int = SAMPLE_BATCH
+) -> Tensor:
     """`n` samples of `model.sample(k, **sample_args)` on the CPU, drawn `batch_size` at a time from the global
     random stream seeded with `seed` inside `torch.random.fork_rng`, so the caller's stream is left as it was."""
     if n < 1 or batch_size < 1:

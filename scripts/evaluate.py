@@ -12,7 +12,9 @@ given, and only to a model whose `evaluate` takes them:
 
     --episodes N, --seed S          PPO: greedy episodes played (default 20) and the first one's seed
     --fid_classifier CKPT           DDPM, EDM, LDM: classifier FID of each sampler against the test set, and
-    --samplers ddpm,ddim50,ddim20   the inversion error; GAN: the FID and the share of samples per class;
+    --samplers ddpm,ddim50,ddim20   the inversion error (a class-conditional EDM: also the share of samples
+                                    classified as their label, e.g. --samplers heun18w1,heun18w2);
+                                    GAN: the FID and the share of samples per class;
     --samples N                     --samples draws per FID (default 1000); --seed seeds the samples
                                     NCSN: --samplers annealed,plain (annealed5: 5 steps a level, plain400):
                                     the FID of images, or on the two-Gaussian toy the share of --samples

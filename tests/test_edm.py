@@ -242,3 +242,29 @@ def test_guided_samples_from_a_checkpoint(data_root, tmp_path) -> None:
     refused = script_in_process_at("sample", tmp_path, "--ckpt", str(ckpt), "--n", "4", "--eta", "0.5")
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == ["sample.py: error: EDM.sample takes no --eta; drop it"]
+
+
+def test_evaluate_scores_the_labels_of_conditional_samples(data_root, lenet_checkpoint) -> None:
+    """A class-conditional EDM's evaluate gives, per sampler, the FID and the share of its samples that the
+    classifier checkpoint (loaded here on its own, its logits computed directly) gives the label they were drawn
+    for: 0, 1, 2, ... in order. 1,000 samples would restart the labels at 500; 12 do not reach it."""
+    from datamodules.images import FashionMNISTDataModule
+    from lightning_modules.checkpoint import load_model
+    from lightning_modules.metrics import draw_samples
+
+    torch.manual_seed(0)
+    model = tiny_edm(class_conditional=True, inversion_steps=1).eval()
+    data = FashionMNISTDataModule(root=str(data_root))
+    data.setup("test")
+    figures = model.evaluate(data, samplers="heun2,heun2w3", fid_classifier=str(lenet_checkpoint), samples=12)
+    assert {"fid_heun2", "fid_heun2w3", "label_acc_heun2", "label_acc_heun2w3", "inversion_mse"} == set(figures)
+    classifier = load_model(lenet_checkpoint).eval()
+    for spec, guidance in (("heun2", 1.0), ("heun2w3", 3.0)):
+        drawn = draw_samples(model, 12, {"steps": 2, "guidance": guidance}, seed=0)
+        with torch.no_grad():
+            predicted = classifier(drawn).argmax(1)
+        assert figures[f"label_acc_{spec}"] == (predicted == torch.arange(12) % 10).double().mean().item()
+    unconditional = tiny_edm(class_conditional=False, inversion_steps=1).eval()
+    assert "label_acc_heun2" not in unconditional.evaluate(
+        data, samplers="heun2", fid_classifier=str(lenet_checkpoint), samples=4
+    )

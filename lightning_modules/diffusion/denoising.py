@@ -1,10 +1,12 @@
 """What the diffusion and score models share as LightningModules: a `loss(batch, generator)` drawn afresh in
 training and from fixed noise in evaluation, its logging, and the figures their `evaluate` prints."""
 
+from collections.abc import Callable
+
 import lightning as L
 import torch
 
-from lightning_modules.metrics import ClassifierFID, fid_of_samples, real_set_key, reconstruction_mse
+from lightning_modules.metrics import ClassifierFID, draw_samples, real_set_key, reconstruction_mse
 
 
 class DenoisingModel(L.LightningModule):
@@ -44,11 +46,12 @@ def sampler_scores(
     samples: int,
     seed: int,
     inversion: bool = True,
+    on_samples: Callable[[str, torch.Tensor], dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """The classifier FID of `samples` samples per sampler (`sample_args`: name -> model.sample arguments) against
     the test split of `datamodule`, and (with `inversion`) the inversion error (mean squared, in [0, 1] pixel units)
-    of its first 64 test images through the model's encode/decode. Without a classifier checkpoint the FID is left
-    out."""
+    of its first 64 test images through the model's encode/decode; `on_samples(name, samples)` adds figures of each
+    sampler's samples. Without a classifier checkpoint the FID (and on_samples) is left out."""
     if datamodule is None or not callable(getattr(datamodule, "batch", None)):
         raise ValueError(
             f"{type(model).__name__}'s evaluation needs the image DataModule it was trained on; pass the checkpoint's"
@@ -58,7 +61,10 @@ def sampler_scores(
     if fid_classifier:
         fid = ClassifierFID(fid_classifier, device=model.device)
         fid.set_real(real, cache_key=real_set_key(real))
-        scores = {f"fid_{spec}": fid_of_samples(model, fid, samples, args, seed) for spec, args in sample_args.items()}
+        for spec, args in sample_args.items():
+            drawn = draw_samples(model, samples, args, seed)
+            scores[f"fid_{spec}"] = fid.score(drawn)["fid"]
+            scores.update(on_samples(spec, drawn) if on_samples else {})
     if inversion:
         scores["inversion_mse"] = reconstruction_mse(model, real[:64].to(model.device))
     return scores

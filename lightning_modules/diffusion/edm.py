@@ -16,6 +16,7 @@ from lightning_modules.blocks.unet import UNet
 from lightning_modules.diffusion.ddpm import DenoiserFactory
 from lightning_modules.diffusion.denoising import DenoisingModel, sampler_scores
 from lightning_modules.diffusion.edm_sampling import Denoise, edm_sigmas, heun_sample, ode_encode, stochastic_sample
+from lightning_modules.metrics import SAMPLE_BATCH, ClassifierFeatures, predicted_labels
 from lightning_modules.optim import WarmupDecay, decay_groups, warmup_decay
 
 # The U-Net's sinusoidal time embedding has frequencies 1 to 1e-4, chosen for DDPM's timesteps 0..999. Table 1's
@@ -254,6 +255,18 @@ class EDM(DenoisingModel):
     ) -> dict[str, float]:
         """What scripts/evaluate.py prints: the classifier FID of `samples` samples per sampler (a comma-separated
         list of heunN / heunNwG) against the test split, and the ODE inversion error (mean squared, in [0, 1]
-        pixel units) of its first 64 test images. Without `--fid_classifier CKPT` the FID is left out."""
+        pixel units) of its first 64 test images. Without `--fid_classifier CKPT` the FID is left out. A
+        class-conditional EDM draws its samples for the labels 0, 1, 2, ... and also gets `label_acc_<sampler>`:
+        the share of them the classifier gives their label (fidelity to the label, which guidance buys with
+        diversity, and the FID weighs both)."""
         sample_args = {spec: parse_sampler(spec) for spec in (s.strip() for s in samplers.split(",")) if spec}
-        return sampler_scores(self, datamodule, sample_args, fid_classifier, samples, seed)
+        on_samples = None
+        if self.hparams.class_conditional and fid_classifier:
+            features = ClassifierFeatures.from_checkpoint(fid_classifier)
+
+            def on_samples(spec: str, drawn: Tensor) -> dict[str, float]:
+                # draw_samples asked for SAMPLE_BATCH at a time, and each call's labels start again at 0.
+                wanted = torch.cat([self.labels(len(chunk), None, None).cpu() for chunk in drawn.split(SAMPLE_BATCH)])
+                return {f"label_acc_{spec}": float((predicted_labels(features, drawn) == wanted).double().mean())}
+
+        return sampler_scores(self, datamodule, sample_args, fid_classifier, samples, seed, on_samples=on_samples)

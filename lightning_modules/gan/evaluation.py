@@ -4,17 +4,14 @@ over the classes (mode collapse leaves some classes nearly empty)."""
 import lightning as L
 import torch
 
-from lightning_modules.metrics import ClassifierFeatures, ClassifierFID, draw_samples, real_set_key
+from lightning_modules.metrics import ClassifierFeatures, ClassifierFID, draw_samples, predicted_labels, real_set_key
 from lightning_modules.protocols import Samples
 
 
-@torch.no_grad()
 def class_shares(features: ClassifierFeatures, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """The share of `images` that the classifier (of the FID's features) assigns to each class, (num_classes,)."""
-    classifier = features.classifier
-    logits = torch.cat([classifier(features.fit_to_classifier(chunk.to(classifier.device))).cpu()
-                        for chunk in images.split(batch_size)])  # fmt: skip
-    return torch.bincount(logits.argmax(1), minlength=logits.shape[1]).float() / len(images)
+    predicted = predicted_labels(features, images, batch_size)
+    return torch.bincount(predicted, minlength=features.last_linear.out_features).float() / len(images)
 
 
 def class_shares_and_fid(
