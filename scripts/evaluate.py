@@ -2,6 +2,7 @@
 """Print the figures of a checkpoint written by scripts/fit.py, for a model of any family:
 
     python scripts/evaluate.py --ckpt PATH [--data.root DIR] [--device cpu|cuda] [model options] [--video out.gif]
+                               [--json PATH]
 
 The checkpoint names its model class and the DataModule it was trained with, so no name is needed; the
 data is read from where it was (`--data.root DIR` if it moved). First the test metrics, as `trainer.test`
@@ -21,11 +22,15 @@ given, and only to a model whose `evaluate` takes them:
                                     (default 10000) samples in the mode of weight 0.8
 
 `--video PATH.gif` saves one episode of a model that renders (the Renders contract) as an animated GIF.
+`--json PATH` also writes every printed figure, unrounded, with the model's class and the checkpoint
+(scripts/plot_fid.py draws the FID against network evaluations from such files).
 """
 
 import argparse
 import inspect
+import json
 import sys
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -58,6 +63,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--video", type=output_file, metavar="PATH.gif", help="also save one episode as an animated GIF"
     )
     parser.add_argument("--fps", type=positive_float, default=50.0, help="frames per second of the GIF (default 50)")
+    parser.add_argument("--json", type=output_file, metavar="PATH", help="also write the figures to this JSON file")
     model = parser.add_argument_group("model options (passed to the model's evaluate when given)")
     model.add_argument("--episodes", type=positive_int, help="episodes to play (PPO; default 20)")
     model.add_argument("--seed", type=int, help="seed of the evaluation (default: the model's own)")
@@ -90,7 +96,8 @@ def formatted(figures: dict) -> list[str]:
     return [f"  {k} = {v:.4f}" if isinstance(v, float) else f"  {k} = {v}" for k, v in figures.items()]
 
 
-def run(options: argparse.Namespace) -> list[str]:
+def run(options: argparse.Namespace) -> tuple[list[str], dict]:
+    """The printed lines and the figures behind them."""
     model = load_model(options.ckpt)
     name = type(model).__name__
     kwargs = evaluation_options(model, options)
@@ -112,26 +119,30 @@ def run(options: argparse.Namespace) -> list[str]:
             callbacks=[LambdaCallback(on_test_start=lambda *_: L.seed_everything(TEST_SEED, verbose=False))],
         )
         results = trainer.test(model, datamodule=datamodule, verbose=False)
-        lines += formatted({k: v for result in results for k, v in sorted(result.items())})
+        figures = {k: v for result in results for k, v in sorted(result.items())}
     else:
+        figures = {}
         model.to("cuda" if options.device == "cuda" else "cpu")
     with torch.no_grad():
         if isinstance(model, Evaluates):
-            lines += formatted(model.evaluate(datamodule, **kwargs))
+            figures.update(model.evaluate(datamodule, **kwargs))
+        lines += formatted(figures)
         if options.video:
             frames = model.render(**({} if options.seed is None else {"seed": options.seed}))
             save_gif(frames, options.video, options.fps)
             lines.append(f"  video: {options.video} ({len(frames)} frames)")
-    return lines
+    return lines, {"model": name, "checkpoint": str(options.ckpt), **figures}
 
 
 def main(argv: list[str] | None = None) -> int:
     options = parse(sys.argv[1:] if argv is None else argv)
     try:
-        lines = run(options)
+        lines, figures = run(options)
     except BAD_INPUT as error:
         return report("evaluate.py", error)
     print("\n".join(lines))
+    if options.json:
+        Path(options.json).write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 
 

@@ -4,6 +4,7 @@ or inversion where the model fulfils Samples, GeneratesText or Encodes (a one-li
 and a resume from the checkpoint that ends one batch later."""
 
 import inspect
+import json
 import os
 from pathlib import Path
 
@@ -129,10 +130,10 @@ def fitted(module_data_root: Path, tmp_path_factory: pytest.TempPathFactory, vqv
 
 
 @pytest.mark.parametrize("name", model_names())
-def test_evaluate_prints_the_test_metrics(name: str, fitted, capsys) -> None:
+def test_evaluate_prints_the_test_metrics(name: str, fitted, tmp_path: Path, capsys) -> None:
     run = fitted(name)
     capsys.readouterr()
-    assert evaluate.main(["--ckpt", str(run.ckpt), *run.root_flag()]) == 0
+    assert evaluate.main(["--ckpt", str(run.ckpt), *run.root_flag(), "--json", str(tmp_path / "figures.json")]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith(f"{type(load_model(run.ckpt)).__name__} from {run.ckpt}")
     shown = figures(printed)
@@ -144,6 +145,11 @@ def test_evaluate_prints_the_test_metrics(name: str, fitted, capsys) -> None:
     assert {k for k in shown if k.startswith("test/")} == set(run.test_metrics)
     if name not in DRAWS_AT_TEST:
         assert {k: shown[k] for k in run.test_metrics} == run.test_metrics
+    # --json holds what was printed, unrounded: each printed figure is its value to 4 decimals.
+    written = json.loads((tmp_path / "figures.json").read_text())
+    assert written.pop("model") == type(load_model(run.ckpt)).__name__ and written.pop("checkpoint") == str(run.ckpt)
+    assert written.keys() == shown.keys()
+    assert all(shown[k] == (f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in written.items())
 
 
 @pytest.mark.parametrize("name", model_names())
