@@ -48,6 +48,29 @@ def _count_cpu_attention() -> None:
 _count_cpu_attention()
 
 
+def _count_sparse_products() -> None:
+    """FlopCounterMode counts a sparse-by-dense matrix product (the GCN's aggregation, `torch.sparse.mm` on a CSR
+    adjacency) as if the sparse matrix were dense: 2 m k n for an (m, k) by (k, n) product, where only its nnz
+    stored values are multiplied, 2 nnz n. Products of two dense matrices keep torch's own formula."""
+    mm = torch.ops.aten.mm
+    dense_formula = flop_counter.flop_registry[mm]
+    if getattr(dense_formula, "counts_sparse", False):
+        return
+
+    def mm_flops(a: torch.Tensor, b: torch.Tensor, *args: Any, **kwargs: Any) -> int:
+        if a.layout != torch.strided:
+            return 2 * a._nnz() * b.shape[1]
+        if b.layout != torch.strided:
+            return 2 * b._nnz() * a.shape[0]
+        return dense_formula(a, b, *args, **kwargs)
+
+    mm_flops.counts_sparse = True
+    flop_counter.flop_registry[mm] = mm_flops
+
+
+_count_sparse_products()
+
+
 @contextmanager
 def barebones(model: L.LightningModule) -> Iterator[None]:
     """The model attached to a barebones Trainer, Lightning's raw-speed mode, in which `self.log` does nothing

@@ -118,3 +118,17 @@ def test_a_gpt_step_counts_its_linear_layers_three_times_and_its_attention():
     # five backward (the scores recomputed, then the gradients of scores, V, Q, K).
     attention = layers * (2 + 5) * 2 * b * block * block * width
     assert training_step_flops(model, (tokens[:, :-1], tokens[:, 1:])) == 6 * b * block * matrices + attention
+
+
+def test_a_sparse_by_dense_product_counts_only_its_stored_values():
+    """The CSR adjacency's product with node features (a GCN's aggregation): 2 nnz n FLOPs forward, as many for the
+    features' gradient (the transposed sparse matrix by the incoming gradient), none for the constant adjacency."""
+    nodes, features, edges = 50, 6, torch.tensor([[0, 1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6, 0]])
+    adjacency = torch.sparse_coo_tensor(edges, torch.ones(7), (nodes, nodes)).to_sparse_csr()
+    x = torch.randn(nodes, features, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        (adjacency @ x).sum().backward()
+    assert counter.get_total_flops() == 2 * (2 * 7 * features)
+    with FlopCounterMode(display=False) as counter:  # dense products keep torch's formula
+        (torch.randn(nodes, nodes) @ x).sum().backward()
+    assert counter.get_total_flops() == 2 * (2 * nodes * nodes * features)
