@@ -28,10 +28,8 @@ def evaluations(sampler: str) -> tuple[str, int] | None:
     """(the line a sampler belongs to, its network evaluations per sample), or None for a sampler not drawn."""
     if match := re.fullmatch(r"heun(\d+)(w[\d.]+)?", sampler):
         return f"heun{' ' + match[2] if match[2] else ''}", 2 * int(match[1]) - 1
-    if match := re.fullmatch(r"ddim(\d+)", sampler):
-        return "ddim", int(match[1])
-    if sampler == "ddpm":
-        return "ddpm", DDPM_STEPS
+    if match := re.fullmatch(r"ddim(\d+)|ddpm", sampler):
+        return ("ddim", int(match[1])) if match[1] else (sampler, DDPM_STEPS)  # the full chain: T steps
     return None
 
 
