@@ -11,8 +11,8 @@ device and any extra flag on top, no logger and no checkpoint. It is the only pl
 and speed are measured; the tests never assert on time.
 
 `--model-only-steps N` also times N training steps of the model alone on one batch already on the device
-(forward in the run's precision, backward, optimiser step; no data loading, no Lightning loop, no logging) and reports their
-throughput and the ratio of the full epochs' throughput to it: near 1, the run is not data-bound.
+(forward in the run's precision, backward, optimiser step; no data loading, no Lightning loop, no logging) and
+reports their throughput and the ratio of the full epochs' throughput to it: near 1, the run is not data-bound.
 
 `--save-checkpoint PATH` keeps the trained model (for sample.py and evaluate.py); `--resume CKPT` trains on
 from such a checkpoint, with `--epochs`/`--steps` counted from the start of the first run. A checkpoint saved
