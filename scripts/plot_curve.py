@@ -8,7 +8,8 @@ that `scripts/fit.py` writes (runs/MODEL/version_N):
 
 A metric logged once an epoch (validation, the kNN callback) is placed at the end of the epoch it was logged in,
 counted from 1 (Lightning logs its 0-based `epoch` scalar beside every metric, at the same step); one logged every
-few steps at the fraction of its epoch's steps it was logged after. `--x step` uses the optimiser step instead. A run resumed
+few steps at the fraction of its epoch's steps it was logged after; the test, logged once the epoch counter has
+moved past the last epoch, at the number of epochs trained. `--x step` uses the optimiser step instead. A run resumed
 into the same version continues its curve.
 """
 
@@ -51,7 +52,10 @@ def against_epochs(points: list[tuple[int, float]], epochs: list[tuple[int, floa
     for step, value in points:
         epoch = int(epochs[max(bisect.bisect_right(steps, step) - 1, 0)][1])  # the epoch logged at or before it
         start, end = ends.get(epoch - 1, 0), ends[epoch]
-        placed.append((epoch + (step - start) / (end - start) if end > start else epoch + 1.0, value))
+        if epoch > 0 and end - start <= 1:  # after the last epoch (the test): the counter moved on, no step did
+            placed.append((float(epoch), value))
+        else:
+            placed.append((epoch + (step - start) / (end - start) if end > start else epoch + 1.0, value))
     return placed
 
 
