@@ -106,6 +106,7 @@ class RealNVP(L.LightningModule):
         alpha: float = 0.05,
         lr: float = 1e-3,
         warmup_steps: NonNegativeInt = 500,
+        schedule: Literal["constant", "cosine"] = "constant",
         weight_decay: float = 0.0,
     ) -> None:
         """
@@ -122,6 +123,8 @@ class RealNVP(L.LightningModule):
             alpha: the logit transform's margin (Sec. 4.1: 0.05 for MNIST-like data).
             lr: Adam learning rate.
             warmup_steps: linear learning-rate warm-up, the flows' usual guard against early NaNs.
+            schedule: after the warm-up, "constant" (a run resumed for more epochs continues it unchanged) or
+                "cosine" decay to 0 over the run's steps. A resumed run keeps the schedule it was saved with.
             weight_decay: L2 penalty of Adam (the paper uses 5e-5).
         """
         super().__init__()
@@ -187,4 +190,6 @@ class RealNVP(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        return warmup_decay(optimizer, WarmupDecay("constant", warmup_steps=self.hparams.warmup_steps))
+        h = self.hparams
+        total = float(self.trainer.estimated_stepping_batches)
+        return warmup_decay(optimizer, WarmupDecay(h.schedule, warmup_steps=h.warmup_steps, decay_end=total))
