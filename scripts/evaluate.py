@@ -14,7 +14,8 @@ given, and only to a model whose `evaluate` takes them:
     --episodes N, --seed S          PPO: greedy episodes played (default 20) and the first one's seed
     --fid_classifier CKPT           DDPM, EDM, LDM: classifier FID of each sampler against the test set, and
     --samplers ddpm,ddim50,ddim20   the inversion error (a class-conditional EDM: also the share of samples
-                                    classified as their label, e.g. --samplers heun18w1,heun18w2);
+    --label_classifier CKPT         classified as their label, e.g. --samplers heun18w1,heun18w2, by the
+                                    --label_classifier checkpoint, default the FID's);
                                     GAN: the FID and the share of samples per class;
     --samples N                     --samples draws per FID (default 1000); --seed seeds the samples
                                     NCSN: --samplers annealed,plain (annealed5: 5 steps a level, plain400):
@@ -44,7 +45,7 @@ from lightning_modules.protocols import Evaluates, Renders, require
 from zoo.errors import BAD_INPUT, report
 
 TEST_SEED = 0  # the test loop runs seeded: a metric that draws (a VAE's sampled -ELBO) is reproducible
-MODEL_OPTIONS = ("episodes", "seed", "fid_classifier", "samplers", "samples")  # passed to evaluate() when given
+MODEL_OPTIONS = ("episodes", "seed", "fid_classifier", "label_classifier", "samplers", "samples")  # passed to evaluate() when given
 
 
 def save_gif(frames: list[np.ndarray], path: str, fps: float) -> None:
@@ -69,6 +70,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     model.add_argument("--seed", type=int, help="seed of the evaluation (default: the model's own)")
     model.add_argument(
         "--fid_classifier", help="classifier checkpoint whose features the FID uses (diffusion models, GAN)"
+    )
+    model.add_argument(
+        "--label_classifier", help="classifier checkpoint that labels a class-conditional EDM's samples"
     )
     model.add_argument(
         "--samplers",

@@ -268,3 +268,38 @@ def test_evaluate_scores_the_labels_of_conditional_samples(data_root, lenet_chec
     assert "label_acc_heun2" not in unconditional.evaluate(
         data, samplers="heun2", fid_classifier=str(lenet_checkpoint), samples=4
     )
+
+
+def test_a_label_classifier_labels_the_samples_and_the_fid_keeps_its_own(data_root, lenet_checkpoint, tmp_path) -> None:
+    """--label_classifier: the label share comes from that checkpoint (here a LeNet-5 of other weights, whose
+    predictions on these samples differ from the FID classifier's), the FID from --fid_classifier unchanged."""
+    import lightning as L
+
+    from datamodules.images import FashionMNISTDataModule
+    from lightning_modules.checkpoint import load_model
+    from lightning_modules.metrics import draw_samples
+
+    other = load_model(lenet_checkpoint)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+    other.hparams["_class_path"] = "lightning_modules.classifiers.classifier.ImageClassifier"  # as fit.py saves
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(other)
+    trainer.save_checkpoint(tmp_path / "other.ckpt")
+    torch.manual_seed(0)
+    model = tiny_edm(class_conditional=True, inversion_steps=1).eval()
+    data = FashionMNISTDataModule(root=str(data_root))
+    data.setup("test")
+    options = {"samplers": "heun2", "fid_classifier": str(lenet_checkpoint), "samples": 40}
+    own = model.evaluate(data, **options)
+    labelled = model.evaluate(data, **options, label_classifier=str(tmp_path / "other.ckpt"))
+    drawn = draw_samples(model, 40, {"steps": 2}, seed=0)
+    with torch.no_grad():
+        predicted = load_model(tmp_path / "other.ckpt").eval()(drawn).argmax(1)
+        first = load_model(lenet_checkpoint).eval()(drawn).argmax(1)
+    assert not torch.equal(predicted, first)  # the two classifiers disagree, so the test tells them apart
+    assert labelled["label_acc_heun2"] == (predicted == torch.arange(40) % 10).double().mean().item()
+    assert labelled["fid_heun2"] == own["fid_heun2"]
+    with pytest.raises(ValueError, match="--label_classifier scores the labels .* pass --fid_classifier too"):
+        model.evaluate(data, samplers="heun2", samples=4, label_classifier=str(tmp_path / "other.ckpt"))

@@ -252,17 +252,24 @@ class EDM(DenoisingModel):
         samplers: str = "heun18",
         fid_classifier: str | None = None,
         samples: int = 1000,
+        label_classifier: str | None = None,
     ) -> dict[str, float]:
         """What scripts/evaluate.py prints: the classifier FID of `samples` samples per sampler (a comma-separated
         list of heunN / heunNwG) against the test split, and the ODE inversion error (mean squared, in [0, 1]
         pixel units) of its first 64 test images. Without `--fid_classifier CKPT` the FID is left out. A
         class-conditional EDM draws its samples for the labels 0, 1, 2, ... and also gets `label_acc_<sampler>`:
         the share of them the classifier gives their label (fidelity to the label, which guidance buys with
-        diversity, and the FID weighs both)."""
+        diversity, and the FID weighs both); `label_classifier` names another classifier checkpoint for that
+        share (a stronger one than the FID's feature extractor), by default the FID's."""
+        if label_classifier and not (self.hparams.class_conditional and fid_classifier):
+            raise ValueError(
+                "--label_classifier scores the labels of a class-conditional EDM's samples, drawn for the FID: "
+                "pass --fid_classifier too, with a class-conditional checkpoint"
+            )
         sample_args = {spec: parse_sampler(spec) for spec in (s.strip() for s in samplers.split(",")) if spec}
         on_samples = None
         if self.hparams.class_conditional and fid_classifier:
-            features = ClassifierFeatures.from_checkpoint(fid_classifier)
+            features = ClassifierFeatures.from_checkpoint(label_classifier or fid_classifier)
 
             def on_samples(spec: str, drawn: Tensor) -> dict[str, float]:
                 # draw_samples asked for SAMPLE_BATCH at a time, and each call's labels start again at 0.
