@@ -45,7 +45,8 @@ from lightning_modules.protocols import Evaluates, Renders, require
 from zoo.errors import BAD_INPUT, report
 
 TEST_SEED = 0  # the test loop runs seeded: a metric that draws (a VAE's sampled -ELBO) is reproducible
-MODEL_OPTIONS = ("episodes", "seed", "fid_classifier", "label_classifier", "samplers", "samples")  # passed to evaluate() when given
+# passed to evaluate() when given
+MODEL_OPTIONS = ("episodes", "seed", "fid_classifier", "label_classifier", "samplers", "samples")
 
 
 def save_gif(frames: list[np.ndarray], path: str, fps: float) -> None:
@@ -71,9 +72,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     model.add_argument(
         "--fid_classifier", help="classifier checkpoint whose features the FID uses (diffusion models, GAN)"
     )
-    model.add_argument(
-        "--label_classifier", help="classifier checkpoint that labels a class-conditional EDM's samples"
-    )
+    model.add_argument("--label_classifier", help="classifier checkpoint that labels a class-conditional EDM's samples")
     model.add_argument(
         "--samplers",
         help="comma-separated samplers to score, e.g. ddpm,ddim50,ddim20 (DDPM), heun18w2 (EDM), annealed,plain (NCSN)",
