@@ -64,3 +64,27 @@ def test_vit_sizes_are_those_of_the_configs():
     hybrid = HybridViT((1, 28, 28), 10, stem_channels=24, patch_size=4, dim=64, depth=5, heads=4, mlp_ratio=2.0)
     assert sum(p.numel() for p in vit.parameters()) == 205_962
     assert sum(p.numel() for p in hybrid.parameters()) == 201_538
+
+
+@pytest.mark.parametrize(("attention_dropout", "expected"), [(None, 0.2), (0.0, 0.0), (0.1, 0.1)])
+def test_attention_dropout_defaults_to_the_dropout_and_leaves_the_residual_one(
+    monkeypatch, attention_dropout, expected
+):
+    """--model.attention_dropout reaches the attention kernel alone (0 lets torch take a fused one); the
+    residual branches keep `dropout`, so two training passes still differ."""
+    import torch.nn.functional as F
+
+    rates = []
+    kernel = F.scaled_dot_product_attention
+
+    def spy(*args, dropout_p=0.0, **kwargs):
+        rates.append(dropout_p)
+        return kernel(*args, dropout_p=dropout_p, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    block = TransformerBlock(16, 4, dropout=0.2, causal=True, attention_dropout=attention_dropout).train()
+    x = torch.randn(2, 5, 16)
+    assert not torch.equal(block(x), block(x))
+    block.eval()(x)
+    assert rates == [expected, expected, 0.0]  # none at evaluation

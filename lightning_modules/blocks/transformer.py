@@ -50,13 +50,23 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 class SelfAttention(nn.Module):
     """Multi-head self-attention softmax(Q K^T / sqrt(d_k)) V (Vaswani et al. 2017, eq. 1) through PyTorch's
     fused `scaled_dot_product_attention`. Causal: position t sees positions <= t only. Dropout acts on the
-    attention weights and on the output projection (the residual branch)."""
+    output projection (the residual branch) and, at `attention_dropout` (default the same), on the attention
+    weights: torch's fused CPU kernels take no dropout, so a non-zero rate there runs the unfused path."""
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0, bias: bool = True, causal: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        causal: bool = False,
+        attention_dropout: float | None = None,
+    ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"the width {dim} must be divisible by the number of heads {heads}; change dim or heads")
-        self.heads, self.dropout, self.causal = heads, dropout, causal
+        self.heads, self.causal = heads, causal
+        self.dropout = dropout if attention_dropout is None else attention_dropout
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
         self.proj_dropout = nn.Dropout(dropout)
@@ -115,10 +125,11 @@ class TransformerBlock(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         causal: bool = False,
+        attention_dropout: float | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, bias=bias)
-        self.attention = SelfAttention(dim, heads, dropout, bias, causal)
+        self.attention = SelfAttention(dim, heads, dropout, bias, causal, attention_dropout)
         self.norm2 = nn.LayerNorm(dim, bias=bias)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(

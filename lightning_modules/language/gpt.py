@@ -31,6 +31,7 @@ class Transformer(nn.Module):
         dropout: float,
         bias: bool,
         position: Literal["learned", "rope"] = "learned",
+        attention_dropout: float | None = None,
     ) -> None:
         super().__init__()
         self.block_size, self.head_dim = block_size, n_embd // n_head
@@ -39,7 +40,8 @@ class Transformer(nn.Module):
         self.position_embedding = nn.Embedding(block_size, n_embd) if position == "learned" else None
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(n_embd, n_head, 4.0, dropout, bias, causal=True) for _ in range(n_layer)
+            TransformerBlock(n_embd, n_head, 4.0, dropout, bias, causal=True, attention_dropout=attention_dropout)
+            for _ in range(n_layer)
         )
         self.ln_f = nn.LayerNorm(n_embd, bias=bias)
         self.head = nn.Linear(n_embd, vocab_size, bias=False)
@@ -95,6 +97,7 @@ class GPT(L.LightningModule):
         n_head: PositiveInt = 6,
         n_embd: PositiveInt = 384,
         dropout: float = 0.2,
+        attention_dropout: float | None = None,
         bias: bool = False,
         lr: float = 1e-3,
         min_lr: float = 1e-4,
@@ -114,6 +117,8 @@ class GPT(L.LightningModule):
             n_head: attention heads per block; must divide n_embd.
             n_embd: width of the residual stream.
             dropout: dropout on embeddings, attention weights and residual branches (0 disables it).
+            attention_dropout: dropout on the attention weights alone, default `dropout`; 0 lets torch run its
+                fused attention kernel (none of the CPU ones takes dropout).
             bias: biases in the linear layers and LayerNorms.
             lr: peak AdamW learning rate, reached after the warm-up.
             min_lr: the learning rate at the end of the cosine decay.
@@ -146,7 +151,7 @@ class GPT(L.LightningModule):
             )
         # Plain ints: the parser's PositiveInt values are an int subclass that torch.compile cannot trace.
         sizes = [int(v) for v in (vocab_size, block_size, n_layer, n_head, n_embd)]
-        self.transformer = Transformer(*sizes, dropout, bias, position)
+        self.transformer = Transformer(*sizes, dropout, bias, position, attention_dropout)
         if compile:
             self.transformer.compile()  # in place: the state_dict keys stay those of the plain model
         self.val_nll = torchmetrics.MeanMetric()
