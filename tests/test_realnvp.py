@@ -212,6 +212,37 @@ def test_samples_and_contracts() -> None:
     assert model.log_prob(samples).shape == (5,)
 
 
+def test_bf16_autocast_reaches_the_coupling_networks_only_and_evaluation_and_sampling_stay_fp32() -> None:
+    """Under bf16 autocast (a bf16-mixed run) the couplings' convolutions run in bf16, while z and the log-
+    determinants stay fp32; the evaluation figure and the samples are those of the fp32 function, bit for bit
+    (the same operations in the same dtype, so equal exactly), and differ from what bf16 gives."""
+    torch.manual_seed(0)
+    model = RealNVP(image_shape=(1, 8, 8), stage_couplings=2, final_couplings=2, scales=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    images = torch.randint(0, 256, (8, 1, 8, 8)).float() / 255
+    for _ in range(3):  # off the identity: the couplings' last layers start at zero
+        optimizer.zero_grad()
+        model.bits_per_dim(images).mean().backward()
+        optimizer.step()
+    model.eval()
+    network_dtypes = []
+    hook = model.flow.stages[0][0].network.register_forward_hook(lambda m, i, out: network_dtypes.append(out[0].dtype))
+    seeded = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    with torch.no_grad():
+        fp32_bits = model.bits_per_dim(images, seeded())
+        fp32_samples = model.sample(4, generator=seeded())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z, log_det = model.flow(images)
+            bf16_bits = model.bits_per_dim(images, seeded())
+            evaluated = model.fp32_bits_per_dim(images, seeded())
+            sampled = model.sample(4, generator=seeded())
+    hook.remove()
+    assert network_dtypes[0] == torch.float32 and torch.bfloat16 in network_dtypes
+    assert z.dtype == log_det.dtype == bf16_bits.dtype == torch.float32
+    assert not torch.equal(bf16_bits, fp32_bits)
+    assert torch.equal(evaluated, fp32_bits) and torch.equal(sampled, fp32_samples)
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_the_learning_rate_warms_up_then_follows_the_schedule(schedule: str) -> None:
     model = RealNVP(image_shape=(1, 8, 8), stage_couplings=1, final_couplings=1, lr=1e-3, warmup_steps=10,
