@@ -76,6 +76,14 @@ def test_resnet_depths_and_shortcuts():
         ResNet((3, 32, 32), 10, depth=21)
 
 
+def test_wide_resnet_multiplies_every_stage():
+    wide = ResNet((1, 28, 28), 0, width=2)
+    assert [stage[-1].conv2.out_channels for stage in wide.stages] == [32, 64, 128]
+    assert wide(torch.rand(2, 1, 28, 28)).shape == (2, 128)
+    with pytest.raises(ValueError, match="width"):
+        ResNet((1, 28, 28), 0, width=0)
+
+
 def test_default_backbone_is_lenet5_and_no_helper_takes_a_contract_name():
     model = ImageClassifier()
     assert isinstance(model.backbone, LeNet5)
