@@ -205,7 +205,7 @@ def test_backbone_option_on_the_command_line_and_its_checkpoint(data_root, tmp_p
     assert isinstance(model.backbone, ResNet) and [len(stage) for stage in model.backbone.stages] == [1, 1, 1]
     assert model.hparams.backbone == {
         "class_path": "lightning_modules.blocks.resnet.ResNet",
-        "init_args": {"depth": 8, "shortcut": "A"},
+        "init_args": {"depth": 8, "shortcut": "A", "width": 1},
     }
     typo = fit_in_process("--model", "resnet", "--model.backbone.init_args.dept", "5")
     errors = [line for line in typo.stderr.splitlines() if line.strip()]
