@@ -34,7 +34,12 @@ training split; matmul-like operations only, as torch's FlopCounterMode counts t
 times ThroughputMonitor's batches per second (`train/batches` / `train/time`), `peak_flops_per_s` the machine's
 matmul FLOP/s, the larger of two measurements in this process, before and after training (`--peak-size N` x N
 matmuls, 1024 by default, for `--peak-seconds S`, 2 by default) in the dtype of the precision in use, `peak_precision` ("fp32", "bf16", "fp16"
-or "fp64", from `--trainer.precision`), and `share_of_peak` achieved / peak. All five are None for a model with
+or "fp64", from `--trainer.precision`), and `share_of_peak` achieved / peak. `shape_peak_flops_per_s` is the
+matmul rate at the model's own sizes: the GEMM shapes of its forward pass (a convolution as its im2col product),
+the largest holding 90% of its FLOPs timed one by one in the same dtype (`--peak-seconds S` / 4 each) and
+combined as the step mixes them; `share_of_shape_peak` is achieved / that. A net of small products (16-channel
+convolutions) sits far below the 1024 x 1024 peak even at its own ceiling: the two shares tell the model's
+waste from its shapes' limit. All seven are None for a model with
 manual optimisation (PPO: no single step loss) and for data without a `batch()` helper (an environment).
 """
 
@@ -50,7 +55,16 @@ from typing import Any
 import lightning as L
 import torch
 from argument_types import positive_float, positive_int
-from flop_rate import DTYPE_NAMES, barebones, matmul_peak_flops, precision_dtype, step_loss, training_step_flops
+from flop_rate import (
+    DTYPE_NAMES,
+    GemmShapes,
+    barebones,
+    matmul_peak_flops,
+    precision_dtype,
+    shape_peak_flops,
+    step_loss,
+    training_step_flops,
+)
 from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.loggers import Logger
 
@@ -256,18 +270,24 @@ def flop_rates(
     peak_before: float = 0.0,
 ) -> dict[str, Any]:
     """The row's FLOP/s fields: one training step's FLOPs on a batch of the training split, the run's FLOP/s (those
-    times ThroughputMonitor's batches per second) and the machine's peak for the precision in use, measured now on
-    the run's device (the larger of that and `peak_before`, timed before training). All None for a model without a single step loss (manual optimisation) or data without
-    `batch()` (an environment)."""
+    times ThroughputMonitor's batches per second), the machine's peak for the precision in use, measured now on
+    the run's device (the larger of that and `peak_before`, timed before training), and the peak at the model's
+    own matmul shapes (`shape_peak_flops`), with the run's share of each. All None for a model without a single
+    step loss (manual optimisation) or data without `batch()` (an environment)."""
     fields = ("flops_per_step", "achieved_flops_per_s", "peak_flops_per_s", "peak_precision", "share_of_peak")
+    fields += ("shape_peak_flops_per_s", "share_of_shape_peak")
     if not model.automatic_optimization or not isinstance(datamodule, InMemoryDataModule):
         return dict.fromkeys(fields)
-    flops = training_step_flops(model, datamodule.batch("train", device=model.device))
+    shapes = GemmShapes()
+    flops = training_step_flops(model, datamodule.batch("train", device=model.device), shapes)
     dtype = precision_dtype(trainer.precision)
     peak = max(peak_before, matmul_peak_flops(dtype, options.peak_size, options.peak_seconds, model.device))
+    shape_peak = shape_peak_flops(shapes.flops, dtype, options.peak_seconds / 4, model.device) if shapes.flops else None
     achieved = flops * batches_per_s if batches_per_s else None
     share = achieved / peak if achieved else None
-    return dict(zip(fields, (flops, achieved, peak, DTYPE_NAMES[dtype], share), strict=True))
+    shape_share = achieved / shape_peak if achieved and shape_peak else None
+    values = (flops, achieved, peak, DTYPE_NAMES[dtype], share, shape_peak, shape_share)
+    return dict(zip(fields, values, strict=True))
 
 
 def table_row(row: dict) -> str:
@@ -277,9 +297,11 @@ def table_row(row: dict) -> str:
     cells = [row["model"], row["dataset"], f"{row['params']:,}", row["epochs"], row["seconds"]]
     cells += [f"{row['samples_per_s']:,.0f}" if row["samples_per_s"] else "-"]
     achieved, share = row["achieved_flops_per_s"], row["share_of_peak"]
+    shape_share = row.get("share_of_shape_peak")
+    at_shapes = f" ({shape_share:.1%} at its shapes)" if shape_share else ""
     cells += [
         f"{achieved / 1e9:,.2f}" if achieved else "-",
-        f"{share:.1%} of {row['peak_precision']}" if share else "-",
+        f"{share:.1%} of {row['peak_precision']}{at_shapes}" if share else "-",
     ]
     return header + "\n" + "|---" * len(cells + [value]) + "|\n| " + " | ".join(map(str, [*cells, value])) + " |"
 
@@ -303,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         return report("benchmark.py", error)
     print(table_row(row))
     shown = ("model", "dataset", "params", "epochs", "seconds", "samples_per_s", "throughput_unit", "metric", "value")
-    shown += ("achieved_flops_per_s", "share_of_peak")
+    shown += ("achieved_flops_per_s", "share_of_peak", "share_of_shape_peak")
     extras = {k: v for k, v in row.items() if k not in shown}
     print("  " + ", ".join(f"{k}={shown_value(v)}" for k, v in extras.items()))
     if options.json:

@@ -9,13 +9,15 @@ this count, as in the usual MFU figures (nanoGPT, PaLM appendix B)."""
 import logging
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import lightning as L
 import torch
 from torch.utils import flop_counter
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 # Precision name -> the dtype its matmuls run in (what Lightning's `trainer.precision` says, e.g. "bf16-mixed").
@@ -98,14 +100,65 @@ def step_loss(model: L.LightningModule, batch: Any) -> torch.Tensor:
     return loss["loss"] if isinstance(loss, dict) else loss
 
 
-def training_step_flops(model: L.LightningModule, batch: Any) -> int | None:
+# A matrix product as a batch of GEMMs: (batch, m, k, n), an (m, k) by (k, n) product `batch` times.
+Gemm = tuple[int, int, int, int]
+
+
+def gemms_of(func: Any, args: tuple, out: Any) -> list[Gemm]:
+    """The GEMMs that one forward matmul-like aten call amounts to (none for any other call, and for a sparse
+    operand, whose product is no GEMM). A convolution is the GEMM of its im2col form: (output positions, inputs
+    per output: C_in / groups x kernel area, C_out / groups) per group (a transposed one, col2im: input positions,
+    C_in / groups, C_out / groups x kernel area); a fused attention is its two products per batch and head,
+    Q K^T, (L, E) by (E, S), and softmax V, (L, S) by (S, E_v)."""
+    aten = torch.ops.aten
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if any(t.layout != torch.strided for t in tensors):
+        return []
+    if func in (aten.mm.default, aten.addmm.default):
+        a, b = args[:2] if func is aten.mm.default else args[1:3]
+        return [(1, a.shape[0], a.shape[1], b.shape[1])]
+    if func in (aten.bmm.default, aten.baddbmm.default):
+        a, b = args[:2] if func is aten.bmm.default else args[1:3]
+        return [(a.shape[0], a.shape[1], a.shape[2], b.shape[2])]
+    if func is aten.convolution.default:
+        x, weight, transposed, groups = args[0], args[1], args[6], args[8]
+        kernel_area = weight[0, 0].numel()
+        if transposed:  # weight (C_in, C_out / groups, k...)
+            return [(groups, x.shape[0] * x[0, 0].numel(), weight.shape[0] // groups, weight.shape[1] * kernel_area)]
+        return [(groups, out.shape[0] * out[0, 0].numel(), weight.shape[1] * kernel_area, weight.shape[0] // groups)]
+    if "scaled_dot_product" in func.__name__ and "backward" not in func.__name__:
+        q, k, v = args[:3]
+        heads, length, width, keys = q.shape[:-2].numel(), q.shape[-2], q.shape[-1], k.shape[-2]
+        return [(heads, length, width, keys), (heads, length, keys, v.shape[-1])]
+    return []
+
+
+class GemmShapes(TorchDispatchMode):
+    """Records the FLOPs of the matrix products run under it, by GEMM shape (`gemms_of`): what a peak "at the
+    model's own sizes" is timed on (`shape_peak_flops`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops: Counter[Gemm] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for gemm in gemms_of(func, args, out):
+            batch, m, k, n = gemm
+            self.flops[gemm] += 2 * batch * m * k * n
+        return out
+
+
+def training_step_flops(model: L.LightningModule, batch: Any, shapes: GemmShapes | None = None) -> int | None:
     """The FLOPs of one training step on `batch` (already on the model's device): forward and backward of
     `training_step`'s loss, in the trainer's precision, under a barebones Trainer. None for a model with manual
     optimisation (PPO): its training_step runs its own backward passes and optimiser steps, there is no one loss.
 
     Counting runs the step for real, so what it changes is put back: the parameters' gradients, the buffers (a
     BatchNorm's running statistics), every module's train/eval mode and the random generators (dropout), so that
-    a run measured after the count is the run it would have been."""
+    a run measured after the count is the run it would have been. With `shapes`, the forward pass's matrix
+    products are recorded in it by shape (the backward pass runs the same products' transposes, of the same
+    dimensions, at twice the FLOPs, so the forward's mix of sizes stands for the step's)."""
     if not model.automatic_optimization:
         return None
     precision = model.trainer.precision_plugin  # the run's own, read before barebones() swaps the trainer
@@ -122,7 +175,7 @@ def training_step_flops(model: L.LightningModule, batch: Any) -> int | None:
                 p.grad = None
             model.train()
             with counter:
-                with precision.train_step_context():
+                with precision.train_step_context(), shapes if shapes is not None else nullcontext():
                     loss = step_loss(model, precision.convert_input(batch))
                 loss.backward()
     finally:
@@ -159,6 +212,44 @@ def matmul_peak_flops(
     timed_matmuls(lambda: torch.mm(a, b, out=out), sync, seconds / 4)
     count, elapsed = timed_matmuls(lambda: torch.mm(a, b, out=out), sync, seconds)
     return 2 * size**3 * count / elapsed
+
+
+def shape_peak_flops(
+    shapes: Counter[Gemm],
+    dtype: torch.dtype,
+    seconds: float = 0.5,
+    device: torch.device | str = "cpu",
+    coverage: float = 0.9,
+    max_shapes: int = 8,
+    max_rows: int = 32768,
+) -> float:
+    """The machine's matmul FLOP/s at the model's own GEMM shapes (`GemmShapes`), as the step mixes them: the
+    largest shapes that together hold `coverage` of the FLOPs (at most `max_shapes`), each timed as a batched
+    `torch.bmm` in `dtype` for `seconds`, combined as the time their FLOPs take, sum(f) / sum(f / rate). A GEMM
+    of 16 output columns runs far below a 1024 x 1024 one on a CPU, so this is the ceiling for a model made of
+    small products (a convolution of 16 channels), where `matmul_peak_flops` is that of the hardware. The long
+    dimension m is capped at `max_rows` (and the batch at what keeps m x batch under it): a GEMM's rate is set
+    by its short dimensions once m is in the thousands."""
+    if not shapes:
+        raise ValueError("the shape peak needs at least one recorded matrix product")
+    device = torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    total, covered, time_taken = sum(shapes.values()), 0, 0.0
+    for (batch, m, k, n), flops in shapes.most_common(max_shapes):
+        m = min(m, max_rows)
+        batch = max(1, min(batch, max_rows // m))
+        a = torch.rand(batch, m, k, generator=generator, device=device, dtype=dtype)
+        b = torch.rand(batch, k, n, generator=generator, device=device, dtype=dtype)
+        out = torch.empty(batch, m, n, device=device, dtype=dtype)
+        timed_matmuls(lambda a=a, b=b, out=out: torch.bmm(a, b, out=out), sync, seconds / 4)
+        count, elapsed = timed_matmuls(lambda a=a, b=b, out=out: torch.bmm(a, b, out=out), sync, seconds)
+        rate = 2 * batch * m * k * n * count / elapsed
+        covered += flops
+        time_taken += flops / rate
+        if covered >= coverage * total:
+            break
+    return covered / time_taken
 
 
 def timed_matmuls(matmul: Callable[[], Any], sync: Callable[[], None], seconds: float) -> tuple[int, float]:

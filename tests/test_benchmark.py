@@ -37,7 +37,9 @@ def test_benchmark_writes_one_row_with_the_model_only_throughput(data_root, tmp_
     assert row["flops_per_step"] == sum(3 * 2 * 16 * n * m for n, m in layers) - 2 * 16 * 784 * 400
     assert row["peak_precision"] == "fp32" and row["peak_flops_per_s"] > 0 and row["achieved_flops_per_s"] > 0
     assert row["share_of_peak"] == row["achieved_flops_per_s"] / row["peak_flops_per_s"]
-    assert "| GFLOP/s | share of peak |" in result.stdout and " of fp32 |" in result.stdout
+    assert row["share_of_shape_peak"] == row["achieved_flops_per_s"] / row["shape_peak_flops_per_s"]
+    assert "| GFLOP/s | share of peak |" in result.stdout and " of fp32 (" in result.stdout
+    assert "at its shapes) |" in result.stdout
 
 
 def test_resume_continues_from_a_saved_checkpoint(data_root, tmp_path, script_in_process):
@@ -66,7 +68,7 @@ def test_ppo_row_counts_env_steps_and_reports_when_it_solved(tmp_path, script_in
     assert "| ppo | gymnasium |" in result.stdout and "env_steps/s" in result.stdout
     # Manual optimisation: no single step loss whose FLOPs could be counted.
     flops = ("flops_per_step", "achieved_flops_per_s", "peak_flops_per_s", "peak_precision", "share_of_peak")
-    assert all(row[k] is None for k in flops)
+    assert all(row[k] is None for k in (*flops, "shape_peak_flops_per_s", "share_of_shape_peak"))
 
 
 @pytest.mark.parametrize("flag, value", [("--peak-seconds", "0"), ("--peak-size", "-1"), ("--peak-size", "two")])

@@ -2,12 +2,14 @@
 it, and the measured matmul peak. FLOP counts are integers computed from shapes, so they are compared exactly."""
 
 import math
+from collections import Counter
 
+import flop_rate
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from flop_rate import matmul_peak_flops, precision_dtype, training_step_flops
+from flop_rate import GemmShapes, matmul_peak_flops, precision_dtype, shape_peak_flops, training_step_flops
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -132,3 +134,69 @@ def test_a_sparse_by_dense_product_counts_only_its_stored_values():
     with FlopCounterMode(display=False) as counter:  # dense products keep torch's formula
         (torch.randn(nodes, nodes) @ x).sum().backward()
     assert counter.get_total_flops() == 2 * (2 * nodes * nodes * features)
+
+
+def test_the_forward_products_are_recorded_as_gemms_of_their_own_shapes():
+    # Each record is (batch, m, k, n) of an (m, k) by (k, n) product; its FLOPs 2 batch m k n, as FlopCounterMode.
+    x, image = torch.randn(6, 5), torch.randn(2, 4, 9, 9)
+    q, k, v = torch.randn(3, 2, 7, 8), torch.randn(3, 2, 5, 8), torch.randn(3, 2, 5, 4)
+    layers = {
+        "linear": (nn.Linear(5, 3), x, (1, 6, 5, 3)),
+        # im2col: one row per output position (2 images x 9 x 9), one column per input of a 3 x 3 window.
+        "conv": (nn.Conv2d(4, 16, 3, padding=1), image, (1, 2 * 81, 4 * 9, 16)),
+        "strided conv": (nn.Conv2d(4, 16, 3, stride=2), image, (1, 2 * 16, 4 * 9, 16)),
+        "grouped conv": (nn.Conv2d(4, 8, 3, padding=1, groups=2), image, (2, 2 * 81, 2 * 9, 4)),
+        # col2im: one row per input position, each spread over C_out x kernel area outputs.
+        "transposed conv": (nn.ConvTranspose2d(4, 6, 2, stride=2), image, (1, 2 * 81, 4, 6 * 4)),
+    }
+    for name, (layer, inputs, gemm) in layers.items():
+        shapes, counter = GemmShapes(), FlopCounterMode(display=False)
+        with torch.no_grad(), counter, shapes:
+            layer(inputs)
+        assert dict(shapes.flops) == {gemm: counter.get_total_flops()}, name
+    adjacency = torch.eye(4).to_sparse_csr()
+    shapes = GemmShapes()
+    with shapes:
+        torch.sparse.mm(adjacency, torch.randn(4, 3))
+    assert not shapes.flops  # a sparse product is no GEMM: its peak is not a dense matmul's
+    shapes = GemmShapes()
+    with torch.no_grad(), shapes:
+        F.scaled_dot_product_attention(q, k, v)
+    # Per batch and head (3 x 2): Q K^T, (7, 8) by (8, 5), then softmax V, (7, 5) by (5, 4).
+    assert dict(shapes.flops) == {(6, 7, 8, 5): 2 * 6 * 7 * 8 * 5, (6, 7, 5, 4): 2 * 6 * 7 * 5 * 4}
+
+
+def test_a_training_step_records_only_its_forward_products():
+    b, n_in, hidden, n_out = 8, 5, 7, 3
+    model = attached(Regression(nn.Sequential(nn.Linear(n_in, hidden, bias=False), nn.Linear(hidden, n_out, False))))
+    shapes = GemmShapes()
+    training_step_flops(model, (torch.randn(b, n_in), torch.randn(b, n_out)), shapes)
+    assert dict(shapes.flops) == {
+        (1, b, n_in, hidden): 2 * b * n_in * hidden,
+        (1, b, hidden, n_out): 2 * b * hidden * n_out,
+    }
+
+
+def test_the_shape_peak_is_the_rate_of_the_mix(monkeypatch):
+    # Shape A runs at 4 GFLOP/s and holds 3/4 of the FLOPs, B at 1 GFLOP/s: 1 FLOP of the mix takes
+    # 3/4 / 4 + 1/4 / 1 ns, so the mix runs at 1 / (3/16 + 4/16) = 16/7 GFLOP/s (exact up to float rounding).
+    a, b = (1, 64, 32, 16), (1, 32, 8, 4)
+    rates = {16: 4e9, 4: 1e9}  # keyed by n, the last dimension of the product timed
+
+    def fake_timed_matmuls(matmul, sync, seconds):
+        out = matmul()
+        flops = 2 * out.shape[0] * out.shape[1] * out.shape[2] * {16: 32, 4: 8}[out.shape[2]]
+        return 10, 10 * flops / rates[out.shape[2]]
+
+    monkeypatch.setattr(flop_rate, "timed_matmuls", fake_timed_matmuls)
+    peak = shape_peak_flops(Counter({a: 300, b: 100}), torch.float32, coverage=1.0)
+    assert peak == pytest.approx(16 / 7 * 1e9, rel=1e-12)
+    # Coverage 0.75 stops after the largest shape, A alone.
+    assert shape_peak_flops(Counter({a: 300, b: 100}), torch.float32, coverage=0.75) == pytest.approx(4e9, rel=1e-12)
+
+
+def test_the_shape_peak_of_real_products_is_a_positive_rate():
+    peak = shape_peak_flops(Counter({(2, 40, 16, 8): 1}), torch.bfloat16, seconds=0.02)
+    assert peak > 0 and math.isfinite(peak)  # its speed is the machine's: not asserted
+    with pytest.raises(ValueError, match="at least one"):
+        shape_peak_flops(Counter(), torch.float32)
