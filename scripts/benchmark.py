@@ -28,6 +28,11 @@ names as its `benchmark_metric` (the Benchmarked contract), else the first test 
 callback (configs/ppo.yaml) also reports when it solved its environment: solved_at_env_steps and
 solved_after_s (-1 when it never did). The contracts are in lightning_modules/protocols.py.
 
+`first_step_s` is the first training batch's wall time and `steady_step_s` the median of the batches after the
+third (callbacks/step_times.py; forward, backward and optimiser step, the data fetch excluded): with
+`--model.compile true`, compile time is about their difference, and the steady-state speed-up of compiling is the
+ratio of two runs' `steady_step_s` (with `--steps N`, N of at least a dozen).
+
 FLOP/s, as nanoGPT's MFU line but measured on any device, the CPU included (scripts/flop_rate.py):
 `flops_per_step` is one training step's FLOPs (forward and backward of training_step's loss on a batch of the
 training split; matmul-like operations only, as torch's FlopCounterMode counts them), `achieved_flops_per_s` that
@@ -68,7 +73,7 @@ from flop_rate import (
 from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.loggers import Logger
 
-from callbacks import SolvedAt
+from callbacks import SolvedAt, StepTimes
 from datamodules.batches import InMemoryDataModule
 from fit import ZooCLI, translate
 from lightning_modules.protocols import Benchmarked, CountsThroughput
@@ -204,6 +209,8 @@ def run(options: argparse.Namespace, extra: list[str]) -> dict:
     model, trainer = cli.model, cli.trainer
     count, unit = throughput_counter(model)
     trainer.callbacks.append(ThroughputMonitor(batch_size_fn=count))
+    clock = StepTimes()
+    trainer.callbacks.append(clock)
     trainer.logger = logged = LastMetrics()
     if options.steps is not None:  # a short run still logs (and so measures) at least once, at its last step
         trainer.log_every_n_steps = min(trainer.log_every_n_steps, options.steps)
@@ -236,6 +243,8 @@ def run(options: argparse.Namespace, extra: list[str]) -> dict:
         "throughput_unit": unit,
         "metric": key(metric),
         "value": results.get(metric),
+        "first_step_s": round(clock.first, 4) if clock.first else None,
+        "steady_step_s": round(clock.steady, 4) if clock.steady else None,
     }
     row.update({key(k).removeprefix("test_"): v for k, v in results.items() if k != metric})
     for solved in (c for c in trainer.callbacks if isinstance(c, SolvedAt) and c.threshold is not None):

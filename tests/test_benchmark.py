@@ -24,6 +24,8 @@ def test_benchmark_writes_one_row_with_the_model_only_throughput(data_root, tmp_
     encoder, heads, decoder = 784 * 400 + 400, 2 * (400 * 20 + 20), (20 * 400 + 400) + (400 * 784 + 784)
     assert row["params"] == encoder + heads + decoder
     assert "| vae | MNIST |" in result.stdout
+    # Three steps, all within StepTimes' three warm-up batches: the first is timed, no steady state.
+    assert row["first_step_s"] > 0 and row["steady_step_s"] is None
     assert row["model_only_per_s"] > 0  # the VAE's training_step reads self.trainer: it ran under the stand-in
     # The row's rates are rounded to 0.1 and the ratio (of the unrounded rates) to 0.001: recomputed from the
     # rounded rates it may differ by their relative rounding errors plus the ratio's own.

@@ -65,6 +65,7 @@ class Autoencoder(L.LightningModule):
         activation: str = "relu",
         lr: float = 1e-3,
         conv_impl: Literal["torch", "scratch"] = "torch",
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -78,6 +79,8 @@ class Autoencoder(L.LightningModule):
             lr: Adam learning rate.
             conv_impl: the conv network's convolutions: "torch" (nn.Conv2d, nn.ConvTranspose2d) or "scratch"
                 (the same layers written with unfold, fold and matrix products, blocks/conv_from_scratch.py).
+            compile: run the encoder and the decoder through torch.compile, in place: the state_dict keys stay the plain ones, so a
+                checkpoint loads with or without the flag.
         """
         super().__init__()
         if image_shape is None:
@@ -87,6 +90,9 @@ class Autoencoder(L.LightningModule):
         self.save_hyperparameters()
         self.encoder = make_encoder(network, image_shape, hidden_dims, conv_channels, latent_dim, activation, conv_impl)
         self.decoder = make_decoder(network, latent_dim, hidden_dims, conv_channels, image_shape, activation, conv_impl)
+        if compile:
+            self.encoder.compile()
+            self.decoder.compile()
         self.test_mse = MeanSquaredError()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,6 +155,7 @@ class DenoisingAutoencoder(Autoencoder):
         noise_level: float = 0.5,
         activation: str = "relu",
         lr: float = 1e-3,
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -163,12 +170,14 @@ class DenoisingAutoencoder(Autoencoder):
             noise_level: sigma of the Gaussian noise, or the fraction of pixels hit.
             activation: the nonlinearity between layers: relu, silu, elu or tanh.
             lr: Adam learning rate.
+            compile: as for the plain autoencoder.
         """
         if corruption not in CORRUPTIONS:
             raise ValueError(f"--model.corruption must be one of {', '.join(CORRUPTIONS)}, got {corruption!r}")
         if noise_level < 0 or (corruption != "gaussian" and noise_level > 1):
             raise ValueError(f"--model.noise_level must be >= 0 (and <= 1 for {corruption}), got {noise_level}")
-        super().__init__(image_shape, network, hidden_dims, conv_channels, latent_dim, loss, activation, lr)
+        super().__init__(image_shape, network, hidden_dims, conv_channels, latent_dim, loss, activation, lr,
+                         compile=compile)  # fmt: skip
         self.save_hyperparameters()
         self.test_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.test_noisy_psnr = PeakSignalNoiseRatio(data_range=1.0)

@@ -80,6 +80,7 @@ class VAE(L.LightningModule):
         iwae_test_images: int | None = None,
         lr: float = 1e-3,
         cosine_decay: bool = False,
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -102,6 +103,8 @@ class VAE(L.LightningModule):
             lr: Adam learning rate.
             cosine_decay: anneal the learning rate to 0 over the run with a cosine (Loshchilov & Hutter 2017);
                 the end of training then averages out the gradient noise instead of carrying it.
+            compile: run the encoder and the decoder through torch.compile, in place: the state_dict keys stay the plain ones, so a
+                checkpoint loads with or without the flag.
         """
         super().__init__()
         if image_shape is None:
@@ -117,6 +120,9 @@ class VAE(L.LightningModule):
         # One linear layer gives both (mu, logvar) of q(z|x): the same parameters as two heads.
         self.encoder = make_encoder(network, image_shape, hidden, conv_channels, 2 * latent_dim, activation)
         self.decoder = make_decoder(network, latent_dim, hidden, conv_channels, image_shape, activation)
+        if compile:
+            self.encoder.compile()
+            self.decoder.compile()
         if decoder == "gaussian":
             self.log_sigma = nn.Parameter(torch.zeros(()))
         self.test_neg_elbo = MeanMetric()

@@ -99,6 +99,7 @@ class EDM(DenoisingModel):
         lr: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -118,6 +119,8 @@ class EDM(DenoisingModel):
             lr: AdamW learning rate.
             weight_decay: AdamW decoupled weight decay of the weight matrices (not biases or norms).
             warmup_steps: linear learning-rate warm-up, then constant.
+            compile: run the preconditioned denoiser through torch.compile, in place: the state_dict keys stay the plain ones, so a
+                checkpoint loads with or without the flag.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -132,6 +135,8 @@ class EDM(DenoisingModel):
         classes = num_classes if class_conditional else None
         network = (denoiser or UNet)(image_shape[0], classes)
         self.denoiser = EDMPrecond(network, sigma_data, NOISE_EMBEDDING_SCALE)
+        if compile:
+            self.denoiser.compile()
 
     # --- the model's range and its guided denoiser -------------------------------------------------------
     def to_model(self, x: Tensor) -> Tensor:

@@ -81,6 +81,7 @@ class ComparativeNetwork(L.LightningModule):
         hidden: int = 128,
         shots: Sequence[int] = (1, 5, 20),
         lr: float = 1e-3,
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -92,6 +93,8 @@ class ComparativeNetwork(L.LightningModule):
             hidden: hidden units of the pair head.
             shots: the k (labelled examples per class) of evaluate()'s classification by comparison.
             lr: AdamW's learning rate.
+            compile: run the embedder and the pair head through torch.compile, in place: the state_dict keys stay the plain ones, so a
+                checkpoint loads with or without the flag.
         """
         super().__init__()
         if image_shape is None or num_classes is None:
@@ -105,6 +108,9 @@ class ComparativeNetwork(L.LightningModule):
         self.save_hyperparameters()
         self.embedder = backbone(tuple(image_shape), embedding_dim)
         self.pair_head = nn.Sequential(nn.Linear(2 * embedding_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        if compile:
+            self.embedder.compile()
+            self.pair_head.compile()
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.embedder(x)

@@ -50,10 +50,11 @@ class QuantizedAutoencoder(Autoencoder):
         levels: int = 8,
         sharpness: float = 20.0,
         epsilon: float = 0.01,
+        compile: bool = False,
     ) -> None:
         """
         Args:
-            image_shape, network, hidden_dims, conv_channels, latent_dim, loss, activation, lr, conv_impl: as for
+            image_shape, network, hidden_dims, conv_channels, latent_dim, loss, activation, lr, conv_impl, compile: as for
                 the plain autoencoder (lightning_modules/autoencoders/autoencoder.py).
             quantizer: "softfloor", "round_ste" or "none" (see the class docstring).
             levels: L, the integers each code dimension takes (>= 2).
@@ -63,7 +64,8 @@ class QuantizedAutoencoder(Autoencoder):
         if levels < 2:
             raise ValueError(f"--model.levels must be >= 2 (the integers a code dimension takes), got {levels}")
         quantize = make_quantizer(quantizer, sharpness, epsilon)
-        super().__init__(image_shape, network, hidden_dims, conv_channels, latent_dim, loss, activation, lr, conv_impl)
+        super().__init__(image_shape, network, hidden_dims, conv_channels, latent_dim, loss, activation, lr, conv_impl,
+                         compile)  # fmt: skip
         self.save_hyperparameters()
         self.quantize = quantize
 

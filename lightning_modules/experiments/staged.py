@@ -46,6 +46,7 @@ class StagedNetwork(L.LightningModule):
         epochs_per_stage: int = 1,
         joint: bool = False,
         lr: float = 1e-3,
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -60,6 +61,8 @@ class StagedNetwork(L.LightningModule):
             epochs_per_stage: epochs each stage but the last trains before the next is attached.
             joint: train the final network (all stages' bodies, the last head) as one, from the start.
             lr: AdamW's learning rate (a fresh optimiser for each stage).
+            compile: run each body and head through torch.compile, in place: the state_dict keys stay the plain ones, so a
+                checkpoint loads with or without the flag.
         """
         super().__init__()
         if image_shape is None or num_classes is None:
@@ -80,6 +83,9 @@ class StagedNetwork(L.LightningModule):
         )
         head_inputs = [width if series else width * (k + 1) for k in range(stages)]
         self.heads = nn.ModuleList(nn.Linear(n, num_classes) for n in (head_inputs[-1:] if joint else head_inputs))
+        if compile:
+            for network in (*self.bodies, *self.heads):
+                network.compile()
         # The stage being trained, in the state_dict: a resumed run builds the optimiser of the stage it was in.
         self.register_buffer("stage", torch.tensor(stages - 1 if joint else 0))
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")

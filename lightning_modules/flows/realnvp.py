@@ -108,6 +108,7 @@ class RealNVP(L.LightningModule):
         warmup_steps: NonNegativeInt = 500,
         schedule: Literal["constant", "cosine"] = "constant",
         weight_decay: float = 0.0,
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -126,6 +127,8 @@ class RealNVP(L.LightningModule):
             schedule: after the warm-up, "constant" (a run resumed for more epochs continues it unchanged) or
                 "cosine" decay to 0 over the run's steps. A resumed run keeps the schedule it was saved with.
             weight_decay: L2 penalty of Adam (the paper uses 5e-5).
+            compile: run the flow's forward pass (the likelihood; sampling's inverse stays eager) through torch.compile, in place: the state_dict keys stay the plain ones, so a
+                checkpoint loads with or without the flag.
         """
         super().__init__()
         if image_shape is None:
@@ -142,6 +145,8 @@ class RealNVP(L.LightningModule):
             if dequantization == "variational"
             else UniformDequantization()
         )
+        if compile:
+            self.flow.compile()
         self.val_bits = MeanMetric()
         self.test_bits = MeanMetric()
 

@@ -110,6 +110,7 @@ class DCGAN(L.LightningModule):
         betas: tuple[float, float] = (0.5, 0.999),
         ema_decay: float = 0.999,
         inversion_steps: PositiveInt = 200,
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -125,6 +126,8 @@ class DCGAN(L.LightningModule):
             betas: both Adams' betas (beta1 0.5 in the paper).
             ema_decay: decay of the generator's moving average used for sampling (0: the generator itself).
             inversion_steps: Adam steps of `encode`'s search for the latent of an image.
+            compile: run the generator and the discriminator (not the averaged generator, which only samples) through torch.compile, in place: the state_dict keys stay the plain ones, so a
+                checkpoint loads with or without the flag.
         """
         super().__init__()
         if image_shape is None or image_shape[1] != image_shape[2] or image_shape[1] % 4:
@@ -146,6 +149,9 @@ class DCGAN(L.LightningModule):
         # saved, so a loaded model measures them again (from a fixed seed: the same figures) before sampling.
         self.register_buffer("ema_statistics_fresh", torch.tensor(False), persistent=False)
         self.discriminator_loss, self.generator_loss = ADVERSARIAL_LOSSES[loss]
+        if compile:  # after the copy above: the average is a plain module
+            self.generator.compile()
+            self.discriminator.compile()
 
     # --- the model's range, its latent and its sampler ------------------------------------------------------
     def to_model(self, x: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,7 @@ class GraphClassifier(L.LightningModule):
         weight_decay: float = 0.0,
         schedule: Literal["constant", "cosine"] = "cosine",
         warmup_epochs: float = 0.0,
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -57,6 +58,8 @@ class GraphClassifier(L.LightningModule):
             weight_decay: decoupled weight decay of the weight matrices.
             schedule: "constant" or "cosine" over the run, per step.
             warmup_epochs: linear warm-up, in epochs.
+            compile: run each graph layer and the readout through torch.compile, in place: the state_dict keys stay the plain ones, so a
+                checkpoint loads with or without the flag.
         """
         super().__init__()
         if num_node_features is None or num_classes is None:
@@ -70,6 +73,10 @@ class GraphClassifier(L.LightningModule):
             nn.Linear(hidden, hidden // 2), nn.ReLU(), nn.Linear(hidden // 2, hidden // 4), nn.ReLU(),
             nn.Linear(hidden // 4, num_classes),
         )  # fmt: skip
+        if compile:
+            # dynamic: every batch holds another number of nodes and edges; one graph serves them all.
+            for network in (*self.layers, self.head):
+                network.compile(dynamic=True)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 

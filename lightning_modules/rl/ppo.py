@@ -117,6 +117,7 @@ class PPO(L.LightningModule):
         max_grad_norm: float = 0.5,
         hidden_dim: PositiveInt = 64,
         shared_trunk: bool = False,
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -139,6 +140,8 @@ class PPO(L.LightningModule):
             max_grad_norm: clip the global gradient norm to this.
             hidden_dim: width of the two tanh hidden layers of the actor and of the critic.
             shared_trunk: one hidden trunk for actor and critic instead of two.
+            compile: run the actor's and the critic's networks through torch.compile, in place: the state_dict keys stay the plain ones, so a
+                checkpoint loads with or without the flag.
         """
         super().__init__()
         if (num_envs * num_steps) % num_minibatches:
@@ -151,6 +154,9 @@ class PPO(L.LightningModule):
         observation_space, action_space = probe.single_observation_space, probe.single_action_space
         probe.close()
         self.agent = ActorCritic(observation_space, action_space, hidden_dim, shared_trunk)
+        if compile:  # the trunks and heads: the distributions built from their outputs stay eager
+            for network in self.agent.children():
+                network.compile()
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         if not self.discrete:
             self.register_buffer("action_low", torch.as_tensor(action_space.low), persistent=False)

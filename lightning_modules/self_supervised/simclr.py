@@ -51,6 +51,7 @@ class SimCLR(L.LightningModule):
         jitter_strength: float = 0.5,
         grayscale_p: float = 0.2,
         blur_min_size: int = 64,
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -72,6 +73,8 @@ class SimCLR(L.LightningModule):
             jitter_strength: colour distortion strength s (appendix A: 0.5 for CIFAR-10); 0 switches it off.
             grayscale_p: probability of a grey view of a colour image.
             blur_min_size: images this many pixels or larger are blurred (probability 1/2), smaller ones never.
+            compile: run the backbone and the projection head through torch.compile, in place: the state_dict keys
+                stay the plain ones, so a checkpoint loads with or without the flag.
         """
         super().__init__()
         if image_shape is None:
@@ -87,6 +90,9 @@ class SimCLR(L.LightningModule):
         self.projector = nn.Sequential(
             nn.Linear(features, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, projection_dim)
         )
+        if compile:
+            self.backbone.compile()
+            self.projector.compile()
 
     @torch.no_grad()
     def feature_dim(self, image_shape: tuple[int, int, int]) -> int:

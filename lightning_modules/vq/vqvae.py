@@ -46,6 +46,7 @@ class VQVAE(L.LightningModule):
         dead_after: PositiveInt = 100,
         activation: str = "relu",
         lr: float = 1e-3,
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -60,6 +61,8 @@ class VQVAE(L.LightningModule):
             dead_after: restart a code unused for this many training steps at an encoder output of the batch.
             activation: the nonlinearity between layers: relu, silu, elu or tanh.
             lr: Adam learning rate.
+            compile: run the encoder and the decoder (not the codebook's search) through torch.compile, in place: the state_dict keys stay the plain ones, so a
+                checkpoint loads with or without the flag.
         """
         super().__init__()
         if image_shape is None:
@@ -68,6 +71,9 @@ class VQVAE(L.LightningModule):
         self.encoder = ConvEncoder(image_shape, conv_channels, embedding_dim, activation, spatial=True)
         self.quantizer = VectorQuantizer(num_codes, embedding_dim, beta, codebook_update, decay, dead_after)
         self.decoder = ConvDecoder(embedding_dim, list(conv_channels)[::-1], image_shape, activation, spatial=True)
+        if compile:
+            self.encoder.compile()
+            self.decoder.compile()
         self.train_usage, self.val_usage, self.test_usage = (CodeUsage(num_codes) for _ in STAGES)
         self.test_mse = MeanSquaredError()
         # 1 - R^2 over all test pixels is the squared error over the test images' pixel variance.
