@@ -288,3 +288,27 @@ def test_fast_dev_run(data_root: Path, fit_in_process) -> None:
     result = fit_in_process("--model", "realnvp", "--data.root", str(data_root), "--trainer.fast_dev_run", "true")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test/bits_per_dim" in result.stdout
+
+
+def test_the_flow_traces_as_one_graph_for_torch_compile() -> None:
+    """No graph break in a training forward once ActNorm has its initialisation (a break at every ActNorm made
+    --model.compile compile dozens of small graphs and fall back to eager after torch's recompile limit)."""
+    flow = MultiScaleFlow((1, 8, 8), scales=1, stage_couplings=2, final_couplings=2, hidden=4, blocks=1, norm="actnorm")
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    flow.train()(x)  # the data-dependent initialisation, eagerly
+    explained = torch._dynamo.explain(flow)(x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+
+
+def test_actnorm_initialises_once_and_again_after_a_load_of_an_uninitialised_state() -> None:
+    layer = ActNorm(2).train()
+    first, second = torch.randn(16, 2, 3, 3) * 5 + 3, torch.randn(16, 2, 3, 3)
+    layer(first)
+    initialised_from_first = layer.state_dict()
+    layer(second)  # initialised already: the parameters stay those of the first batch
+    torch.testing.assert_close(layer.state_dict(), initialised_from_first, rtol=0, atol=0)
+    layer.load_state_dict(ActNorm(2).state_dict())  # an uninitialised state: the next batch initialises again
+    y, _ = layer(second)
+    # Zero mean and unit variance per channel over the batch: float32 sums of 144 values, far inside 1e-5.
+    torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(2), rtol=0, atol=1e-5)
+    torch.testing.assert_close(y.std(dim=(0, 2, 3)), torch.ones(2), rtol=0, atol=1e-5)

@@ -79,8 +79,8 @@ class Autoencoder(L.LightningModule):
             lr: Adam learning rate.
             conv_impl: the conv network's convolutions: "torch" (nn.Conv2d, nn.ConvTranspose2d) or "scratch"
                 (the same layers written with unfold, fold and matrix products, blocks/conv_from_scratch.py).
-            compile: run the encoder and the decoder through torch.compile, in place: the state_dict keys stay the plain ones, so a
-                checkpoint loads with or without the flag.
+            compile: run the encoder and the decoder through torch.compile, in place: the state_dict keys stay the
+                plain ones, so a checkpoint loads with or without the flag.
         """
         super().__init__()
         if image_shape is None:

@@ -103,8 +103,8 @@ class VAE(L.LightningModule):
             lr: Adam learning rate.
             cosine_decay: anneal the learning rate to 0 over the run with a cosine (Loshchilov & Hutter 2017);
                 the end of training then averages out the gradient noise instead of carrying it.
-            compile: run the encoder and the decoder through torch.compile, in place: the state_dict keys stay the plain ones, so a
-                checkpoint loads with or without the flag.
+            compile: run the encoder and the decoder through torch.compile, in place: the state_dict keys stay the
+                plain ones, so a checkpoint loads with or without the flag.
         """
         super().__init__()
         if image_shape is None:

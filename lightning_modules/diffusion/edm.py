@@ -119,8 +119,8 @@ class EDM(DenoisingModel):
             lr: AdamW learning rate.
             weight_decay: AdamW decoupled weight decay of the weight matrices (not biases or norms).
             warmup_steps: linear learning-rate warm-up, then constant.
-            compile: run the preconditioned denoiser through torch.compile, in place: the state_dict keys stay the plain ones, so a
-                checkpoint loads with or without the flag.
+            compile: run the preconditioned denoiser through torch.compile, in place: the state_dict keys stay the
+                plain ones, so a checkpoint loads with or without the flag.
         """
         super().__init__()
         self.save_hyperparameters()

@@ -93,8 +93,8 @@ class ComparativeNetwork(L.LightningModule):
             hidden: hidden units of the pair head.
             shots: the k (labelled examples per class) of evaluate()'s classification by comparison.
             lr: AdamW's learning rate.
-            compile: run the embedder and the pair head through torch.compile, in place: the state_dict keys stay the plain ones, so a
-                checkpoint loads with or without the flag.
+            compile: run the embedder and the pair head through torch.compile, in place: the state_dict keys stay
+                the plain ones, so a checkpoint loads with or without the flag.
         """
         super().__init__()
         if image_shape is None or num_classes is None:

@@ -54,8 +54,8 @@ class QuantizedAutoencoder(Autoencoder):
     ) -> None:
         """
         Args:
-            image_shape, network, hidden_dims, conv_channels, latent_dim, loss, activation, lr, conv_impl, compile: as for
-                the plain autoencoder (lightning_modules/autoencoders/autoencoder.py).
+            image_shape, network, hidden_dims, conv_channels, latent_dim, loss, activation, lr, conv_impl, compile:
+                as for the plain autoencoder (lightning_modules/autoencoders/autoencoder.py).
             quantizer: "softfloor", "round_ste" or "none" (see the class docstring).
             levels: L, the integers each code dimension takes (>= 2).
             sharpness: softfloor's k, the slope of its sigmoid steps.

@@ -61,8 +61,8 @@ class StagedNetwork(L.LightningModule):
             epochs_per_stage: epochs each stage but the last trains before the next is attached.
             joint: train the final network (all stages' bodies, the last head) as one, from the start.
             lr: AdamW's learning rate (a fresh optimiser for each stage).
-            compile: run each body and head through torch.compile, in place: the state_dict keys stay the plain ones, so a
-                checkpoint loads with or without the flag.
+            compile: run each body and head through torch.compile, in place: the state_dict keys stay the plain
+                ones, so a checkpoint loads with or without the flag.
         """
         super().__init__()
         if image_shape is None or num_classes is None:

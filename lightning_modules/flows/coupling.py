@@ -112,6 +112,14 @@ class ActNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.register_buffer("initialised", torch.tensor(False))
+        # The buffer (what checkpoints keep) seen True, as a Python bool: once set, the check below is a constant to
+        # torch.compile, where a branch on the buffer's value would break the flow's graph at every ActNorm.
+        self.seen_initialised = False
+        self.register_load_state_dict_post_hook(ActNorm.forget_seen)
+
+    @staticmethod
+    def forget_seen(module: "ActNorm", incompatible_keys) -> None:
+        module.seen_initialised = False  # a loaded buffer may say otherwise: read it again
 
     @torch.no_grad()
     def initialise(self, x: torch.Tensor) -> None:
@@ -120,8 +128,10 @@ class ActNorm(nn.Module):
         self.initialised.fill_(True)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.training and not self.initialised:
-            self.initialise(x)
+        if self.training and not self.seen_initialised:
+            if not self.initialised:
+                self.initialise(x)
+            self.seen_initialised = True
         log_det = wide(self.log_scale).sum() * x.shape[2] * x.shape[3]
         return (x + self.bias) * torch.exp(self.log_scale), log_det.expand(len(x))
 

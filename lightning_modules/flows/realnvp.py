@@ -127,8 +127,9 @@ class RealNVP(L.LightningModule):
             schedule: after the warm-up, "constant" (a run resumed for more epochs continues it unchanged) or
                 "cosine" decay to 0 over the run's steps. A resumed run keeps the schedule it was saved with.
             weight_decay: L2 penalty of Adam (the paper uses 5e-5).
-            compile: run the flow's forward pass (the likelihood; sampling's inverse stays eager) through torch.compile, in place: the state_dict keys stay the plain ones, so a
-                checkpoint loads with or without the flag.
+            compile: run the flow's forward pass (the likelihood; sampling's inverse stays eager) through
+                torch.compile, in place: the state_dict keys stay the plain ones, so a checkpoint loads with or
+                without the flag.
         """
         super().__init__()
         if image_shape is None:

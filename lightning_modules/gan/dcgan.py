@@ -126,8 +126,9 @@ class DCGAN(L.LightningModule):
             betas: both Adams' betas (beta1 0.5 in the paper).
             ema_decay: decay of the generator's moving average used for sampling (0: the generator itself).
             inversion_steps: Adam steps of `encode`'s search for the latent of an image.
-            compile: run the generator and the discriminator (not the averaged generator, which only samples) through torch.compile, in place: the state_dict keys stay the plain ones, so a
-                checkpoint loads with or without the flag.
+            compile: run the generator and the discriminator (not the averaged generator, which only samples)
+                through torch.compile, in place: the state_dict keys stay the plain ones, so a checkpoint loads with
+                or without the flag.
         """
         super().__init__()
         if image_shape is None or image_shape[1] != image_shape[2] or image_shape[1] % 4:

@@ -58,8 +58,8 @@ class GraphClassifier(L.LightningModule):
             weight_decay: decoupled weight decay of the weight matrices.
             schedule: "constant" or "cosine" over the run, per step.
             warmup_epochs: linear warm-up, in epochs.
-            compile: run each graph layer and the readout through torch.compile, in place: the state_dict keys stay the plain ones, so a
-                checkpoint loads with or without the flag.
+            compile: run each graph layer and the readout through torch.compile, in place: the state_dict keys stay
+                the plain ones, so a checkpoint loads with or without the flag.
         """
         super().__init__()
         if num_node_features is None or num_classes is None:

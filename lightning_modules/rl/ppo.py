@@ -140,8 +140,8 @@ class PPO(L.LightningModule):
             max_grad_norm: clip the global gradient norm to this.
             hidden_dim: width of the two tanh hidden layers of the actor and of the critic.
             shared_trunk: one hidden trunk for actor and critic instead of two.
-            compile: run the actor's and the critic's networks through torch.compile, in place: the state_dict keys stay the plain ones, so a
-                checkpoint loads with or without the flag.
+            compile: run the actor's and the critic's networks through torch.compile, in place: the state_dict keys
+                stay the plain ones, so a checkpoint loads with or without the flag.
         """
         super().__init__()
         if (num_envs * num_steps) % num_minibatches:

@@ -61,8 +61,8 @@ class VQVAE(L.LightningModule):
             dead_after: restart a code unused for this many training steps at an encoder output of the batch.
             activation: the nonlinearity between layers: relu, silu, elu or tanh.
             lr: Adam learning rate.
-            compile: run the encoder and the decoder (not the codebook's search) through torch.compile, in place: the state_dict keys stay the plain ones, so a
-                checkpoint loads with or without the flag.
+            compile: run the encoder and the decoder (not the codebook's search) through torch.compile, in place:
+                the state_dict keys stay the plain ones, so a checkpoint loads with or without the flag.
         """
         super().__init__()
         if image_shape is None:
