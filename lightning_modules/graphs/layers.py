@@ -80,15 +80,21 @@ class GraphLayer(nn.Module):
         """`e`: the edge weights (E, 1) for "gcn" (unused by "gat"), the edge features (E, channels) for "mpnn". For
         "gcn" `edge_index` may instead be the weighted `sparse_adjacency` (and `e` is then not read)."""
         if self.kind == "gcn":
-            # In fp32 under any autocast: torch's sparse CSR product has no bf16 kernel on the CPU.
-            with warnings.catch_warnings(), torch.autocast(h.device.type, enabled=False):
-                # PyG's normalisation builds its own sparse matrix, with the same warning as sparse_adjacency's.
-                warnings.filterwarnings("ignore", ".*Sparse invariant checks are implicitly disabled.*", UserWarning)
-                full = h.to(torch.promote_types(h.dtype, torch.float32))
-                update = self.conv(full, edge_index, None if edge_index.is_sparse_csr else e.squeeze(-1))
+            update = self.gcn_update(h, edge_index, e)
         elif self.kind == "gat":
             update = self.conv(h, edge_index)
         else:
             update, e_new = self.conv(h, edge_index, e)
             e = e + self.dropout(torch.relu(self.edge_norm(e_new)))
         return h + self.dropout(torch.relu(self.norm(update))), e
+
+    # Eager under --model.compile: torch.compile cannot trace sparse CSR tensors (dynamo fails on their strides), so
+    # the graph breaks around the sparse product and the rest of the layer compiles.
+    @torch.compiler.disable
+    def gcn_update(self, h: torch.Tensor, edge_index: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        # In fp32 under any autocast: torch's sparse CSR product has no bf16 kernel on the CPU.
+        with warnings.catch_warnings(), torch.autocast(h.device.type, enabled=False):
+            # PyG's normalisation builds its own sparse matrix, with the same warning as sparse_adjacency's.
+            warnings.filterwarnings("ignore", ".*Sparse invariant checks are implicitly disabled.*", UserWarning)
+            full = h.to(torch.promote_types(h.dtype, torch.float32))
+            return self.conv(full, edge_index, None if edge_index.is_sparse_csr else e.squeeze(-1))
