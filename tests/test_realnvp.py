@@ -337,3 +337,16 @@ def test_the_compiled_flow_trains_on_the_eager_gradients() -> None:
         # room for the error's growth through the layers).
         for e, c in zip(eager_grads, (p.grad for p in compiled.parameters()), strict=True):
             assert (e - c).norm() <= 1e-5 * scale, f"step {step}"
+
+
+def test_actnorm_is_initialised_eagerly_before_the_flows_first_call() -> None:
+    """The first training batch initialises every ActNorm through the flow's plain forward, before the flow's call
+    (the compiled one under --model.compile): the compiled graph never meets the data-dependent branch."""
+    model = RealNVP(image_shape=(1, 4, 4), scales=1, stage_couplings=2, final_couplings=2, hidden_channels=4).train()
+    ready_at_call = []
+    model.flow.register_forward_pre_hook(
+        lambda module, args: ready_at_call.append(all(norm.seen_initialised for norm in model.actnorms))
+    )
+    model.bits_per_dim(torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0)))
+    model.bits_per_dim(torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(1)))
+    assert len(model.actnorms) == 6 and ready_at_call == [True, True]

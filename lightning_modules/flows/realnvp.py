@@ -15,7 +15,7 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lightning_modules.flows.coupling import FlowSequence, Squeeze, coupling_stack, log_standard_normal, wide
+from lightning_modules.flows.coupling import ActNorm, FlowSequence, Squeeze, coupling_stack, log_standard_normal, wide
 from lightning_modules.flows.dequantization import (
     LEVELS,
     UniformDequantization,
@@ -148,6 +148,7 @@ class RealNVP(L.LightningModule):
         )
         if compile:
             self.flow.compile()
+        self.actnorms = [m for m in self.flow.modules() if isinstance(m, ActNorm)]  # a plain list: not registered twice
         self.val_bits = MeanMetric()
         self.test_bits = MeanMetric()
 
@@ -156,6 +157,9 @@ class RealNVP(L.LightningModule):
         """log p_y(y) per example for y in [0, 1]^D: the flow's Gaussian through the logit transform (change of
         variables, eq. 3), in fp32."""
         z0, log_det_logit = logit_transform(y, self.hparams.alpha)
+        if self.training and not all(norm.seen_initialised for norm in self.actnorms):
+            with torch.no_grad():  # ActNorm's data-dependent initialisation eagerly (.forward skips torch.compile), so
+                self.flow.forward(z0)  # that it never breaks the compiled graph (which left per-layer entries behind)
         z, log_det_flow = self.flow(z0)
         return log_standard_normal(z) + log_det_flow + log_det_logit
 
