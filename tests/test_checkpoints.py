@@ -303,29 +303,17 @@ def test_every_family_offers_compile() -> None:
     assert [c.__name__ for c in without if "compile" not in inspect.signature(c).parameters] == []
 
 
-def image(model: L.LightningModule) -> tuple[torch.Tensor]:
-    return (torch.rand(2, *model.hparams.image_shape, generator=SEEDED()),)
+def drawn(shape, normal: bool = False):
+    """An input factory: one seeded tensor of the model-dependent `shape(model)`, uniform in [0, 1) or normal."""
+    return lambda model: ((torch.randn if normal else torch.rand)(shape(model), generator=SEEDED()),)
 
 
-def gan_latent(model: L.LightningModule) -> tuple[torch.Tensor]:
-    return (torch.randn(2, model.hparams.latent_dim, generator=SEEDED()),)
+image = drawn(lambda model: (2, *model.hparams.image_shape))
 
 
 def edm_input(model: L.LightningModule) -> tuple[torch.Tensor, ...]:
     labels = torch.tensor([0, 1]) if model.hparams.class_conditional else None
     return *image(model), torch.tensor([0.5, 2.0]), labels
-
-
-def ppo_observations(model: L.LightningModule) -> tuple[torch.Tensor]:
-    return (torch.randn(2, *model.agent.observation_shape, generator=SEEDED()),)
-
-
-def graph_features(model: L.LightningModule) -> tuple[torch.Tensor]:
-    return (torch.randn(5, model.hparams.hidden, generator=SEEDED()),)
-
-
-def flat_image(model: L.LightningModule) -> tuple[torch.Tensor]:
-    return (torch.rand(2, math.prod(model.hparams.image_shape), generator=SEEDED()),)
 
 
 # For each model class with a `compile` flag: one of its compiled networks (a dotted attribute) and the inputs of
@@ -339,12 +327,12 @@ COMPILED_INPUTS = {
     VQVAE: ("encoder", image),
     EDM: ("denoiser", edm_input),
     RealNVP: ("flow", image),
-    DCGAN: ("generator", gan_latent),
+    DCGAN: ("generator", drawn(lambda model: (2, model.hparams.latent_dim), normal=True)),
     SimCLR: ("backbone", image),
-    GraphClassifier: ("head", graph_features),
-    PPO: ("agent.actor_trunk", ppo_observations),
+    GraphClassifier: ("head", drawn(lambda model: (5, model.hparams.hidden), normal=True)),
+    PPO: ("agent.actor_trunk", drawn(lambda model: (2, *model.agent.observation_shape), normal=True)),
     ComparativeNetwork: ("embedder", image),
-    StagedNetwork: ("bodies.0", flat_image),
+    StagedNetwork: ("bodies.0", drawn(lambda model: (2, math.prod(model.hparams.image_shape)))),
 }
 SEEDED = lambda: torch.Generator().manual_seed(0)  # noqa: E731
 # One registered name per class, and every graph layer kind: each compiles another graph (GCN's sparse product
