@@ -119,6 +119,20 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> L.
     return model.eval()
 
 
+def load_raw_weights(model: L.LightningModule, path: str | Path) -> L.LightningModule:
+    """`model` with the un-averaged weights of a checkpoint written during a run with Lightning's
+    EMAWeightAveraging, which saves the average as the state_dict and the weights being trained under
+    `current_model_state`: scoring both says what the average is worth."""
+    checkpoint = read_checkpoint(path)
+    if "current_model_state" not in checkpoint:
+        raise CheckpointError(
+            f"checkpoint {path} holds no raw weights beside its state_dict (it was not written during a run with "
+            "EMAWeightAveraging); drop --raw-weights"
+        )
+    model.load_state_dict(checkpoint["current_model_state"])
+    return model
+
+
 def load_datamodule(path: str | Path, root: str | None = None) -> L.LightningDataModule | None:
     """The DataModule the checkpoint's model was trained with, rebuilt from the arguments Lightning saved
     beside the model's (`datamodule_hyper_parameters`), with its data root replaced by `root` when given

@@ -2,7 +2,7 @@
 """Print the figures of a checkpoint written by scripts/fit.py, for a model of any family:
 
     python scripts/evaluate.py --ckpt PATH [--data.root DIR] [--device cpu|cuda] [model options] [--video out.gif]
-                               [--json PATH]
+                               [--json PATH] [--raw-weights]
 
 The checkpoint names its model class and the DataModule it was trained with, so no name is needed; the
 data is read from where it was (`--data.root DIR` if it moved). First the test metrics, as `trainer.test`
@@ -23,6 +23,9 @@ given, and only to a model whose `evaluate` takes them:
                                     (default 10000) samples in the mode of weight 0.8
 
 `--video PATH.gif` saves one episode of a model that renders (the Renders contract) as an animated GIF.
+`--raw-weights` scores the weights being trained instead of the saved ones. A run with Lightning's
+EMAWeightAveraging (the diffusion configs) saves their moving average as the model's weights, and
+the raw ones beside it while it trains: the two figures say what the average is worth.
 `--json PATH` also writes every printed figure, unrounded, with the model's class and the checkpoint
 (scripts/plot_fid.py draws the FID against network evaluations from such files).
 """
@@ -40,7 +43,7 @@ from argument_types import device, output_file, positive_float, positive_int
 from lightning.pytorch.callbacks import LambdaCallback
 from PIL import Image
 
-from lightning_modules.checkpoint import load_datamodule, load_model
+from lightning_modules.checkpoint import load_datamodule, load_model, load_raw_weights
 from lightning_modules.protocols import Evaluates, Renders, require
 from zoo.errors import BAD_INPUT, report
 
@@ -66,6 +69,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--fps", type=positive_float, default=50.0, help="frames per second of the GIF (default 50)")
     parser.add_argument("--json", type=output_file, metavar="PATH", help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--raw-weights",
+        action="store_true",
+        help="score the weights being trained instead of their average (a checkpoint of a run with EMAWeightAveraging)",
+    )
     model = parser.add_argument_group("model options (passed to the model's evaluate when given)")
     model.add_argument("--episodes", type=positive_int, help="episodes to play (PPO; default 20)")
     model.add_argument("--seed", type=int, help="seed of the evaluation (default: the model's own)")
@@ -102,6 +110,8 @@ def formatted(figures: dict) -> list[str]:
 def run(options: argparse.Namespace) -> tuple[list[str], dict]:
     """The printed lines and the figures behind them."""
     model = load_model(options.ckpt)
+    if options.raw_weights:
+        load_raw_weights(model, options.ckpt)
     name = type(model).__name__
     kwargs = evaluation_options(model, options)
     if options.video:
@@ -134,7 +144,8 @@ def run(options: argparse.Namespace) -> tuple[list[str], dict]:
             frames = model.render(**({} if options.seed is None else {"seed": options.seed}))
             save_gif(frames, options.video, options.fps)
             lines.append(f"  video: {options.video} ({len(frames)} frames)")
-    return lines, {"model": name, "checkpoint": str(options.ckpt), **figures}
+    weights = {"weights": "raw"} if options.raw_weights else {}
+    return lines, {"model": name, "checkpoint": str(options.ckpt), **weights, **figures}
 
 
 def main(argv: list[str] | None = None) -> int:

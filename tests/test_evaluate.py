@@ -6,6 +6,7 @@ import shutil
 
 import lightning as L
 import pytest
+import torch
 from lightning.pytorch.callbacks import LambdaCallback
 
 from conftest import fit_in_process_at
@@ -53,6 +54,32 @@ def test_prints_the_test_metrics_of_the_checkpoint(model, metric, options, data_
     # matches to all the 4 decimals printed.
     assert figures[metric] == f"{expected[metric]:.4f}"
     assert set(figures) == set(expected)
+
+
+def test_raw_weights_are_the_ones_being_trained(data_root, tmp_path, script_in_process):
+    # decay 0.5 over two steps: the saved average is (w1 + w2) / 2, the raw weights w2.
+    ema = '{"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.5}}'
+    checkpoint = fitted_checkpoint("mlp", data_root, tmp_path, f"--trainer.callbacks+={ema}")
+    evaluate = ("evaluate", "--ckpt", checkpoint, "--data.root", str(data_root))
+    saved, raw = script_in_process(*evaluate), script_in_process(*evaluate, "--raw-weights")
+    assert saved.returncode == 0 and raw.returncode == 0, saved.stderr[-3000:] + raw.stderr[-3000:]
+
+    model = load_model(checkpoint)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["current_model_state"])
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    [expected] = trainer.test(model, datamodule=load_datamodule(checkpoint, root=str(data_root)), verbose=False)
+    # Bit-identical CPU computations, as above: equal to the 4 decimals printed.
+    assert printed_figures(raw.stdout)["test/loss"] == f"{expected['test/loss']:.4f}"
+    assert printed_figures(saved.stdout)["test/loss"] != printed_figures(raw.stdout)["test/loss"]
+
+
+def test_raw_weights_of_a_checkpoint_without_them_is_one_line(lenet_checkpoint, script_in_process):
+    refused = script_in_process("evaluate", "--ckpt", str(lenet_checkpoint), "--raw-weights")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [
+        f"evaluate.py: error: checkpoint {lenet_checkpoint} holds no raw weights beside its state_dict (it was not "
+        "written during a run with EMAWeightAveraging); drop --raw-weights"
+    ]
 
 
 def test_bad_input_is_one_line(lenet_checkpoint, tmp_path, script_in_process):
