@@ -97,6 +97,16 @@ def test_embed_is_the_backbones_pooled_output_not_the_projection():
     assert model.projector(features).shape == (3, 32)
 
 
+def test_the_heads_batchnorm_normalises_its_hidden_layer_over_the_batch():
+    model = SimCLR(image_shape=(1, 28, 28), projector_batchnorm=True).train()
+    assert model.projector[0].bias is None  # the norm's shift takes its place
+    hidden = model.projector[:2](torch.randn(256, 64, generator=torch.Generator().manual_seed(0)) * 3 + 5)
+    # Training mode normalises by the batch's own statistics: per unit mean 0 (fp32 sums of 256 terms of order 1:
+    # error ~1e-6) and biased variance var / (var + eps), 1 within eps / var ~ 1e-5 for these units (var ~ 3).
+    torch.testing.assert_close(hidden.mean(0), torch.zeros(512), rtol=0, atol=1e-5)
+    torch.testing.assert_close(hidden.var(0, unbiased=False), torch.ones(512), rtol=0, atol=1e-4)
+
+
 def test_resnet18_backbone_gives_512_features():
     model = SimCLR(image_shape=(3, 32, 32), backbone=lambda shape, n: ResNet(shape, n, depth=18))
     assert model.embed(images((2, 3, 32, 32))).shape == (2, 512)

@@ -40,6 +40,7 @@ class SimCLR(L.LightningModule):
         image_shape: tuple[int, int, int] | None = (1, 28, 28),
         hidden_dim: int = 512,
         projection_dim: int = 128,
+        projector_batchnorm: bool = False,
         temperature: float = 0.5,
         optimizer: Literal["lars", "adamw"] = "lars",
         lr: float = 1.0,
@@ -61,6 +62,8 @@ class SimCLR(L.LightningModule):
             image_shape: (C, H, W) of the data; set from the DataModule by scripts/fit.py.
             hidden_dim: width of the projection head's hidden layer.
             projection_dim: output of the projection head, where the loss is computed.
+            projector_batchnorm: batch normalisation after the head's hidden layer, as in the paper's code (its
+                heads normalise every layer) and lightly's SimCLRProjectionHead.
             temperature: NT-Xent's temperature t (eq. 1; 0.5 for CIFAR-10 in the paper, B.9).
             optimizer: "lars" (You et al. 2017, as the paper) or "adamw".
             lr: base learning rate, for the whole batch (the paper: 0.3 x batch / 256 with LARS).
@@ -87,9 +90,12 @@ class SimCLR(L.LightningModule):
             self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
         self.backbone = backbone(tuple(image_shape), 0)
         features = self.feature_dim(tuple(image_shape))
-        self.projector = nn.Sequential(
-            nn.Linear(features, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, projection_dim)
+        hidden = (
+            [nn.Linear(features, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim)]  # the norm's shift is the bias
+            if projector_batchnorm
+            else [nn.Linear(features, hidden_dim)]
         )
+        self.projector = nn.Sequential(*hidden, nn.ReLU(), nn.Linear(hidden_dim, projection_dim))
         if compile:
             self.backbone.compile()
             self.projector.compile()
