@@ -85,6 +85,10 @@ def check_compatible(
             f"this one has {len(vocab)}); use the same --data.path"
         )
     changes = differing_hyperparameters(checkpoint, model) if same_hyperparameters else ""
+    # A model may name hyper-parameters that a resumed run can change (its schedule's length, say), in
+    # `RESUMABLE_CHANGES` (protocols.ResumesWithChanges); the others would train another network or objective.
+    allowed = getattr(model, "RESUMABLE_CHANGES", frozenset())
+    changes = ", ".join(change for change in changes.split(", ") if change and change.split()[0] not in allowed)
     if changes:
         raise CheckpointError(
             f"checkpoint {path} was trained with other hyper-parameters ({changes}); "

@@ -115,6 +115,16 @@ class PlaysEpisodes(Protocol):
     reward_threshold: float | None
 
 
+@runtime_checkable
+class ResumesWithChanges(Protocol):
+    """`RESUMABLE_CHANGES`: the hyper-parameters (names of `__init__`'s arguments) that a run resumed with
+    `--ckpt_path` may set differently from the checkpoint's, such as a schedule's cool-down; any other difference
+    is refused, since it would train another network or objective than the one saved. Read by `--ckpt_path last`
+    (zoo/resume.py) and by the check of a checkpoint given as a file (lightning_modules/checkpoint.py)."""
+
+    RESUMABLE_CHANGES: frozenset[str]
+
+
 CONTRACTS: tuple[type, ...] = (
     Encodes,
     Samples,
@@ -127,6 +137,7 @@ CONTRACTS: tuple[type, ...] = (
     CountsThroughput,
     Benchmarked,
     PlaysEpisodes,
+    ResumesWithChanges,
 )
 
 

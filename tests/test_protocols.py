@@ -46,6 +46,13 @@ def test_contract_names_are_used_for_the_contracts_only(cls):
         assert not problems, f"{cls.__name__}.{name} is not the {protocol.__name__} contract: {problems}"
 
 
+@pytest.mark.parametrize("cls", sorted(model_classes(), key=lambda c: c.__name__), ids=lambda c: c.__name__)
+def test_resumable_changes_name_the_models_own_hyperparameters(cls):
+    # A misspelt name would silently let nothing through (and name nothing the user can pass).
+    arguments = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    assert set(getattr(cls, "RESUMABLE_CHANGES", ())) <= arguments
+
+
 def test_the_signature_check_catches_a_helper_with_a_contract_name():
     class Clash:
         def evaluate(self, batch, stage, accuracy): ...

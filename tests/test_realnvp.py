@@ -262,11 +262,54 @@ def test_the_learning_rate_warms_up_then_follows_the_schedule(schedule: str) -> 
     assert rates[10:] == pytest.approx([1e-3 * f for f in decay], rel=1e-12, abs=1e-18)
 
 
+def test_the_cooldown_anneals_the_last_epochs_of_a_constant_run() -> None:
+    model = RealNVP(image_shape=(1, 8, 8), stage_couplings=1, final_couplings=1, lr=1e-3, warmup_steps=10,
+                    cooldown_epochs=5)  # fmt: skip
+    model.trainer = SimpleNamespace(estimated_stepping_batches=110, max_epochs=11)  # 10 steps an epoch
+    scheduler = model.configure_optimizers()["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(110):
+        rates.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    # Products of float64 factors against the closed form: a few ulps (rel 1e-12), as above.
+    assert rates[10:60] == pytest.approx([1e-3] * 50, rel=1e-12)
+    cooldown = [0.5 * (1 + math.cos(math.pi * k / 50)) for k in range(50)]
+    assert rates[60:] == pytest.approx([1e-3 * f for f in cooldown], rel=1e-12, abs=1e-18)
+
+
+def test_a_constant_run_resumed_with_a_cooldown_follows_the_new_schedule(
+    data_root: Path, tmp_path: Path, fit_in_process
+) -> None:
+    common = ("--model", "realnvp", "--data.root", str(data_root), *SMALL, "--model.warmup_steps", "0",
+              "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+              "--trainer.limit_test_batches", "1", "--trainer.callbacks", "[]")  # fmt: skip
+    first = fit_in_process(*common, "--trainer.max_epochs", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = fit_in_process(*common, "--ckpt_path", "last", "--trainer.max_epochs", "3",
+                             "--model.cooldown_epochs", "2")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    last = sorted(tmp_path.glob("runs/realnvp/version_*/checkpoints/last.ckpt"))[-1]
+    scheduler = torch.load(last, map_location="cpu", weights_only=True)["lr_schedulers"][0]
+    # 2 steps an epoch: constant through the first epoch, then the cosine over steps 2..6; the saved constant
+    # schedule of the first run did not come back over it, and the rate ended at 0 (cos(pi) = -1, exactly 0 here).
+    fields = scheduler["lr_lambdas"][0]
+    assert (fields["kind"], fields["decay_start"], fields["decay_end"]) == ("cosine", 2.0, 6.0)
+    assert scheduler["last_epoch"] == 6
+    assert scheduler["_last_lr"] == [0.0]
+
+
 def test_bad_options_are_one_line() -> None:
     with pytest.raises(ValueError, match=r"--model.scales 3: the image side must be divisible by 2 \*\* scales = 8"):
         RealNVP(image_shape=(1, 28, 28), scales=3)
     with pytest.raises(ValueError, match="--model.alpha must be in"):
         RealNVP(alpha=0.5)
+    with pytest.raises(ValueError, match="--model.cooldown_epochs decays the constant schedule"):
+        RealNVP(schedule="cosine", cooldown_epochs=2)
+    too_long = RealNVP(image_shape=(1, 8, 8), stage_couplings=1, final_couplings=1, cooldown_epochs=5)
+    too_long.trainer = SimpleNamespace(estimated_stepping_batches=40, max_epochs=4)
+    with pytest.raises(ValueError, match=r"--model.cooldown_epochs 5 needs .* set --trainer.max_epochs \(now 4\)"):
+        too_long.configure_optimizers()
 
 
 RANKING_ONLY = "[{class_path: callbacks.likelihood_ranking.LikelihoodRanking, init_args: {n: 16, k: 4}}]"

@@ -2,6 +2,7 @@
 the config.yaml LightningCLI saves next to each run's checkpoints. A run of another configuration is never
 resumed, nor one whose configuration cannot be read."""
 
+import importlib
 from pathlib import Path
 
 import yaml
@@ -21,12 +22,26 @@ def flatten(tree, prefix: str = "") -> dict[str, object]:
     return leaves
 
 
+def resumable_changes(this_run: dict) -> frozenset[str]:
+    """The model's own `RESUMABLE_CHANGES` (hyper-parameters a resumed run may change, such as a schedule's
+    cool-down), as dotted config keys; none when the class cannot be imported."""
+    model = this_run.get("model")
+    module, _, name = (model.get("class_path") or "" if isinstance(model, dict) else "").rpartition(".")
+    try:
+        model_class = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return frozenset()
+    return frozenset(f"model.init_args.{key}" for key in getattr(model_class, "RESUMABLE_CHANGES", ()))
+
+
 def differences(saved: dict, this_run: dict) -> list[str]:
-    """`key: saved value there, this run's here` for each option of SAME_RUN that differs."""
+    """`key: saved value there, this run's here` for each option of SAME_RUN that differs, but those the model
+    lets a resumed run change."""
     there = flatten({key: saved.get(key) for key in SAME_RUN})
     here = flatten({key: this_run.get(key) for key in SAME_RUN})
+    may_change = resumable_changes(this_run)
     return [f"{key} {there.get(key)!r} there, {here.get(key)!r} here" for key in sorted(there.keys() | here.keys())
-            if there.get(key) != here.get(key)]  # fmt: skip
+            if there.get(key) != here.get(key) and key not in may_change]  # fmt: skip
 
 
 def saved_config(checkpoint: Path) -> dict | None:
