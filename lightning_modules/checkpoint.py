@@ -52,11 +52,14 @@ def plain(value: Any) -> Any:
     return value
 
 
-def differing_hyperparameters(checkpoint: dict[str, Any], model: L.LightningModule) -> str:
-    """`name saved -> current` for each hyper-parameter the checkpoint's model and `model` set differently."""
+def differing_hyperparameters(
+    checkpoint: dict[str, Any], model: L.LightningModule, ignore: frozenset[str] = frozenset()
+) -> str:
+    """`name saved -> current` for each hyper-parameter but `ignore` that the checkpoint's model and `model` set
+    differently."""
     saved = {k: plain(v) for k, v in checkpoint.get("hyper_parameters", {}).items() if k != "_class_path"}
     current = {k: plain(v) for k, v in model.hparams.items() if k != "_class_path"}
-    differing = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    differing = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k) and k not in ignore)
     return ", ".join(f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in differing)
 
 
@@ -84,11 +87,10 @@ def check_compatible(
             f"checkpoint {path} was trained on a text with another vocabulary ({len(saved_vocab)} characters, "
             f"this one has {len(vocab)}); use the same --data.path"
         )
-    changes = differing_hyperparameters(checkpoint, model) if same_hyperparameters else ""
     # A model may name hyper-parameters that a resumed run can change (its schedule's length, say), in
     # `RESUMABLE_CHANGES` (protocols.ResumesWithChanges); the others would train another network or objective.
-    allowed = getattr(model, "RESUMABLE_CHANGES", frozenset())
-    changes = ", ".join(change for change in changes.split(", ") if change and change.split()[0] not in allowed)
+    allowed = frozenset(getattr(model, "RESUMABLE_CHANGES", ()))
+    changes = differing_hyperparameters(checkpoint, model, allowed) if same_hyperparameters else ""
     if changes:
         raise CheckpointError(
             f"checkpoint {path} was trained with other hyper-parameters ({changes}); "
