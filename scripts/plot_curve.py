@@ -3,7 +3,7 @@
 that `scripts/fit.py` writes (runs/MODEL/version_N):
 
     python scripts/fit.py --model realnvp --data.root DIR
-    python scripts/plot_curve.py runs/realnvp/version_0 --tag val/bits_per_dim --out bits_per_dim.png
+    python scripts/plot_curve.py runs/realnvp/version_0 --tag val/bits_per_dim --out bits_per_dim.png --ylim 1 2
     python scripts/plot_curve.py runs/simclr/version_0 runs/simclr/version_1 --tag knn/acc --out knn.png
 
 A metric logged once an epoch (validation, the kNN callback) is placed at the end of the epoch it was logged in,
@@ -75,16 +75,22 @@ def curves(runs: list[Path], tags: list[str], x: str) -> dict[str, list[tuple[fl
     return lines
 
 
-def plot(lines: dict[str, list[tuple[float, float]]], x: str, out: str) -> None:
+def plot(
+    lines: dict[str, list[tuple[float, float]]], x: str, out: str, ylim: tuple[float, float] | None = None
+) -> Figure:
+    """The lines drawn into `out`; `ylim` (low, high) crops the vertical axis, e.g. past an untrained first epoch."""
     figure = Figure(figsize=(6, 4), dpi=100)
     axes = figure.add_subplot()
     for name, points in lines.items():
         xs, ys = zip(*points, strict=True)
         axes.plot(xs, ys, marker="o" if len(points) <= 50 else None, label=name)
     axes.set(xlabel=x, ylabel=", ".join(sorted({name.rsplit(" ", 1)[1] for name in lines})))
+    if ylim is not None:
+        axes.set_ylim(*ylim)
     axes.grid(alpha=0.3)
     axes.legend()
     figure.savefig(out, bbox_inches="tight")
+    return figure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,12 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", action="append", required=True, help="a logged metric, e.g. val/loss; repeatable")
     parser.add_argument("--x", choices=("epoch", "step"), default="epoch", help="what the horizontal axis counts")
     parser.add_argument("--out", type=output_file, default="curve.png", help="the PNG to write")
+    parser.add_argument("--ylim", nargs=2, type=float, metavar=("LOW", "HIGH"), help="the vertical axis' range")
     options = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if options.ylim is not None and not options.ylim[0] < options.ylim[1]:
+        low, high = options.ylim
+        parser.error(f"--ylim {low:g} {high:g}: LOW must be below HIGH, e.g. --ylim 1.0 2.0")
     try:
         lines = curves(options.runs, options.tag, options.x)
     except BAD_INPUT as error:
         return report("plot_curve.py", error)
-    plot(lines, options.x, options.out)
+    plot(lines, options.x, options.out, options.ylim)
     for name, points in lines.items():
         shown = points if len(points) <= 12 else points[-12:]
         print(

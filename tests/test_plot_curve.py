@@ -1,5 +1,6 @@
 """scripts/plot_curve.py: a run's logged metrics read back from its TensorBoard files and placed at their epochs."""
 
+import plot_curve
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
@@ -50,3 +51,12 @@ def test_a_missing_run_or_metric_is_refused_in_one_line(tmp_path, script_in_proc
     assert line == (
         "plot_curve.py: error: nowhere holds no TensorBoard event files; pass a run folder such as runs/MODEL/version_0"
     )
+
+
+def test_ylim_crops_the_vertical_axis(tmp_path, script_in_process) -> None:
+    write_run(tmp_path / "run")
+    figure = plot_curve.plot({"run val/loss": [(1.0, 0.5), (2.0, 9.0)]}, "epoch", str(tmp_path / "a.png"), (0.2, 0.6))
+    assert figure.axes[0].get_ylim() == (0.2, 0.6)
+    assert script_in_process("plot_curve", "run", "--tag", "val/loss", "--ylim", "0.2", "0.6").returncode == 0
+    line = one_error_line(script_in_process("plot_curve", "run", "--tag", "val/loss", "--ylim", "2", "1"))
+    assert line == "plot_curve.py: error: --ylim 2 1: LOW must be below HIGH, e.g. --ylim 1.0 2.0"
