@@ -262,10 +262,10 @@ def test_the_learning_rate_warms_up_then_follows_the_schedule(schedule: str) -> 
     assert rates[10:] == pytest.approx([1e-3 * f for f in decay], rel=1e-12, abs=1e-18)
 
 
-def test_the_cooldown_anneals_the_last_epochs_of_a_constant_run() -> None:
+def test_the_cooldown_anneals_the_last_steps_of_a_constant_run() -> None:
     model = RealNVP(image_shape=(1, 8, 8), stage_couplings=1, final_couplings=1, lr=1e-3, warmup_steps=10,
-                    cooldown_epochs=5)  # fmt: skip
-    model.trainer = SimpleNamespace(estimated_stepping_batches=110, max_epochs=11)  # 10 steps an epoch
+                    cooldown_fraction=5 / 11)  # fmt: skip
+    model.trainer = SimpleNamespace(estimated_stepping_batches=110)  # the cool-down: the last 50 steps
     scheduler = model.configure_optimizers()["lr_scheduler"]["scheduler"]
     rates = []
     for _ in range(110):
@@ -284,10 +284,10 @@ def test_a_constant_run_resumed_with_a_cooldown_follows_the_new_schedule(
     common = ("--model", "realnvp", "--data.root", str(data_root), *SMALL, "--model.warmup_steps", "0",
               "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
               "--trainer.limit_test_batches", "1", "--trainer.callbacks", "[]")  # fmt: skip
-    first = fit_in_process(*common, "--trainer.max_epochs", "1")
+    first = fit_in_process(*common, "--trainer.max_epochs", "1", "--model.cooldown_fraction", "0")  # constant
     assert first.returncode == 0, first.stderr[-3000:]
     resumed = fit_in_process(*common, "--ckpt_path", "last", "--trainer.max_epochs", "3",
-                             "--model.cooldown_epochs", "2")  # fmt: skip
+                             "--model.cooldown_fraction", str(2 / 3))  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     last = sorted(tmp_path.glob("runs/realnvp/version_*/checkpoints/last.ckpt"))[-1]
     scheduler = torch.load(last, map_location="cpu", weights_only=True)["lr_schedulers"][0]
@@ -304,12 +304,18 @@ def test_bad_options_are_one_line() -> None:
         RealNVP(image_shape=(1, 28, 28), scales=3)
     with pytest.raises(ValueError, match="--model.alpha must be in"):
         RealNVP(alpha=0.5)
-    with pytest.raises(ValueError, match="--model.cooldown_epochs decays the constant schedule"):
-        RealNVP(schedule="cosine", cooldown_epochs=2)
-    too_long = RealNVP(image_shape=(1, 8, 8), stage_couplings=1, final_couplings=1, cooldown_epochs=5)
-    too_long.trainer = SimpleNamespace(estimated_stepping_batches=40, max_epochs=4)
-    with pytest.raises(ValueError, match=r"--model.cooldown_epochs 5 needs .* set --trainer.max_epochs \(now 4\)"):
-        too_long.configure_optimizers()
+    with pytest.raises(ValueError, match="--model.cooldown_fraction decays the constant schedule"):
+        RealNVP(schedule="cosine", cooldown_fraction=0.5)
+    with pytest.raises(
+        ValueError, match=r"--model.cooldown_fraction must be in \[0, 1\] \(a share of the run\), got 2"
+    ):
+        RealNVP(cooldown_fraction=2)
+    endless = RealNVP(image_shape=(1, 8, 8), stage_couplings=1, final_couplings=1, cooldown_fraction=0.5)
+    endless.trainer = SimpleNamespace(estimated_stepping_batches=math.inf)  # --trainer.max_epochs -1, a time budget
+    with pytest.raises(
+        ValueError, match="needs a run of known length: set --trainer.max_epochs or --trainer.max_steps"
+    ):
+        endless.configure_optimizers()
 
 
 RANKING_ONLY = "[{class_path: callbacks.likelihood_ranking.LikelihoodRanking, init_args: {n: 16, k: 4}}]"

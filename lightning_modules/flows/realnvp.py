@@ -11,7 +11,7 @@ from typing import Literal
 
 import lightning as L
 import torch
-from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -93,7 +93,7 @@ class RealNVP(L.LightningModule):
     benchmark_metric = "test/bits_per_dim"
 
     # Resuming with --ckpt_path may lengthen the cool-down or switch compilation; the rest must match the run's.
-    RESUMABLE_CHANGES = frozenset({"cooldown_epochs", "compile"})
+    RESUMABLE_CHANGES = frozenset({"cooldown_fraction", "compile"})
 
     def __init__(
         self,
@@ -110,7 +110,7 @@ class RealNVP(L.LightningModule):
         lr: float = 1e-3,
         warmup_steps: NonNegativeInt = 500,
         schedule: Literal["constant", "cosine"] = "constant",
-        cooldown_epochs: NonNegativeFloat = 0.0,
+        cooldown_fraction: float = 0.0,
         weight_decay: float = 0.0,
         compile: bool = False,
     ) -> None:
@@ -131,9 +131,10 @@ class RealNVP(L.LightningModule):
             schedule: after the warm-up, "constant" (a run resumed for more epochs continues it unchanged) or
                 "cosine" decay to 0 over the run's steps. A resumed run follows the schedule of its own command line
                 from the step it resumes at (so `--trainer.max_epochs` can lengthen a run).
-            cooldown_epochs: with the constant schedule, a half-cosine decay to 0 over the run's last N epochs
-                (warm-up, stable, decay: Hagele et al. 2024). A constant run resumed with `--trainer.max_epochs M
-                --model.cooldown_epochs N` trains on at its rate, then anneals what it learnt.
+            cooldown_fraction: with the constant schedule, a half-cosine decay to 0 over this fraction of the
+                run's steps, at its end (warm-up, stable, decay: Hagele et al. 2024). A constant run of E epochs
+                resumed with `--trainer.max_epochs 2E --model.cooldown_fraction 0.5` anneals over the E new
+                epochs what the first E learnt.
             weight_decay: L2 penalty of Adam (the paper uses 5e-5).
             compile: run the flow's forward pass (the likelihood; sampling's inverse stays eager) through
                 torch.compile, in place: the state_dict keys stay the plain ones, so a checkpoint loads with or
@@ -142,9 +143,13 @@ class RealNVP(L.LightningModule):
         super().__init__()
         if image_shape is None:
             raise ValueError("realnvp models images: pick an image DataModule, e.g. --data mnist")
-        if cooldown_epochs and schedule != "constant":
+        if not 0 <= cooldown_fraction <= 1:
             raise ValueError(
-                "--model.cooldown_epochs decays the constant schedule: drop it or use --model.schedule constant"
+                f"--model.cooldown_fraction must be in [0, 1] (a share of the run), got {cooldown_fraction}"
+            )
+        if cooldown_fraction and schedule != "constant":
+            raise ValueError(
+                "--model.cooldown_fraction decays the constant schedule: drop it or use --model.schedule constant"
             )
         if not 0 < alpha < 0.5:
             raise ValueError(f"--model.alpha must be in (0, 0.5), got {alpha}")
@@ -227,15 +232,13 @@ class RealNVP(L.LightningModule):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         h = self.hparams
         total = float(self.trainer.estimated_stepping_batches)
-        if not h.get("cooldown_epochs"):  # .get: checkpoints saved before the flag existed
+        if not h.get("cooldown_fraction"):  # .get: checkpoints saved before the flag existed
             return warmup_decay(optimizer, WarmupDecay(h.schedule, warmup_steps=h.warmup_steps, decay_end=total))
-        max_epochs = self.trainer.max_epochs
-        if not math.isfinite(total) or max_epochs is None or not 0 < h.cooldown_epochs <= max_epochs:
+        if not math.isfinite(total):
             raise ValueError(
-                f"--model.cooldown_epochs {h.cooldown_epochs} needs a run of known length at least as long: set "
-                f"--trainer.max_epochs (now {max_epochs}) to the whole run's epochs, the cool-down included"
+                "--model.cooldown_fraction needs a run of known length: set --trainer.max_epochs or --trainer.max_steps"
             )
-        start = total - round(h.cooldown_epochs * total / max_epochs)
+        start = total - round(h.cooldown_fraction * total)
         return warmup_decay(optimizer, WarmupDecay("cosine", h.warmup_steps, decay_start=start, decay_end=total))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
