@@ -243,17 +243,23 @@ def test_bf16_autocast_reaches_the_coupling_networks_only_and_evaluation_and_sam
     assert torch.equal(evaluated, fp32_bits) and torch.equal(sampled, fp32_samples)
 
 
+def learning_rates(model: RealNVP, steps: int) -> list[float]:
+    """The rate of each of a run's `steps` optimiser steps, from the model's own configure_optimizers."""
+    model.trainer = SimpleNamespace(estimated_stepping_batches=steps)  # the one field configure_optimizers reads
+    scheduler = model.configure_optimizers()["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(steps):
+        rates.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return rates
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_the_learning_rate_warms_up_then_follows_the_schedule(schedule: str) -> None:
     model = RealNVP(image_shape=(1, 8, 8), stage_couplings=1, final_couplings=1, lr=1e-3, warmup_steps=10,
                     schedule=schedule)  # fmt: skip
-    model.trainer = SimpleNamespace(estimated_stepping_batches=110)  # the one field configure_optimizers reads
-    scheduler = model.configure_optimizers()["lr_scheduler"]["scheduler"]
-    rates = []
-    for _ in range(110):
-        rates.append(scheduler.get_last_lr()[0])
-        scheduler.optimizer.step()
-        scheduler.step()
+    rates = learning_rates(model, 110)
     # Each rate is one product of float64 factors: equal to the closed form to a few ulps (rel 1e-12).
     assert rates[:10] == pytest.approx([1e-3 * (k + 1) / 10 for k in range(10)], rel=1e-12)
     # The cosine's progress counts from step 0, the warm-up included (WarmupDecay's decay_start).
@@ -265,13 +271,7 @@ def test_the_learning_rate_warms_up_then_follows_the_schedule(schedule: str) -> 
 def test_the_cooldown_anneals_the_last_steps_of_a_constant_run() -> None:
     model = RealNVP(image_shape=(1, 8, 8), stage_couplings=1, final_couplings=1, lr=1e-3, warmup_steps=10,
                     cooldown_fraction=5 / 11)  # fmt: skip
-    model.trainer = SimpleNamespace(estimated_stepping_batches=110)  # the cool-down: the last 50 steps
-    scheduler = model.configure_optimizers()["lr_scheduler"]["scheduler"]
-    rates = []
-    for _ in range(110):
-        rates.append(scheduler.get_last_lr()[0])
-        scheduler.optimizer.step()
-        scheduler.step()
+    rates = learning_rates(model, 110)  # the cool-down: the last 50 steps
     # Products of float64 factors against the closed form: a few ulps (rel 1e-12), as above.
     assert rates[10:60] == pytest.approx([1e-3] * 50, rel=1e-12)
     cooldown = [0.5 * (1 + math.cos(math.pi * k / 50)) for k in range(50)]

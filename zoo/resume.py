@@ -26,7 +26,8 @@ def resumable_changes(this_run: dict) -> frozenset[str]:
     """The model's own `RESUMABLE_CHANGES` (hyper-parameters a resumed run may change, such as a schedule's
     cool-down), as dotted config keys; none when the class cannot be imported."""
     model = this_run.get("model")
-    module, _, name = (model.get("class_path") or "" if isinstance(model, dict) else "").rpartition(".")
+    class_path = model.get("class_path") if isinstance(model, dict) else None
+    module, _, name = (class_path or "").rpartition(".")
     try:
         model_class = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
